@@ -1,8 +1,8 @@
 "Run every notebook's tests, each in its own process with a timeout (cells flagged notest/gpu/multigpu/slow are skipped)."
-pytest.importorskip("nbdev")
 import os, subprocess, sys
 from pathlib import Path
 import pytest
+pytest.importorskip("nbdev")
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = sorted(p for p in (ROOT / 'nbs').glob('*.ipynb') if not p.name.startswith('_'))
