@@ -18,12 +18,13 @@ $(STAMP): settings.ini setup.py
 # notebooks clean and package in sync: nbdev_clean + nbdev_export must change nothing under nbs/ and pithtrain/
 sync: setup
 	@state() { git status --porcelain -uall -- nbs pithtrain; git diff -- nbs pithtrain; git ls-files -o --exclude-standard -- nbs pithtrain | xargs -r cat; }; \
-	before=$$(state | sha1sum); \
+	before=$$(state | sha1sum); files_before=$$(git status --porcelain -uall -- nbs pithtrain); \
 	$(VENV)/bin/nbdev_clean && $(VENV)/bin/nbdev_export || exit 1; \
-	after=$$(state | sha1sum); \
+	after=$$(state | sha1sum); files_after=$$(git status --porcelain -uall -- nbs pithtrain); \
 	if [ "$$before" != "$$after" ]; then \
-	  echo "ERROR: out of sync: nbdev_clean/nbdev_export changed nbs/ or pithtrain/ (edit the notebook, never the .py; then nbdev_clean, nbdev_export, commit both):"; \
-	  git status --porcelain -uall -- nbs pithtrain; exit 1; fi; \
+	  echo "ERROR: out of sync: nbdev_clean/nbdev_export changed nbs/ or pithtrain/ (edit the notebook, never the .py; then nbdev_clean, nbdev_export, commit both)."; \
+	  echo "git status before -> after:"; diff <(echo "$$files_before") <(echo "$$files_after"); \
+	  echo "files touched now:"; echo "$$files_after" | sed 's/^/  /'; exit 1; fi; \
 	echo "sync: notebooks clean, pithtrain/ matches nbs/"
 
 # every notebook in its own process (tests/test_notebooks.py) plus tests/, two workers
