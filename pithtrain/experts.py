@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['ACTS', 'split_gate_up', 'swiglu', 'expert_ffn_reference', 'expert_ffn_grouped_mm', 'expert_ffn']
 
-# %% ../nbs/03_experts.ipynb #281bf7c8
+# %% ../nbs/03_experts.ipynb #34c131a7
 import os
 import torch, torch.nn.functional as F
 import triton, triton.language as tl
 
-# %% ../nbs/03_experts.ipynb #fc808605
+# %% ../nbs/03_experts.ipynb #54254d57
 ACTS = ('swiglu', 'swiglu_oai')
 
 def split_gate_up(gu:torch.Tensor, interleaved:bool=False):
@@ -25,7 +25,7 @@ def swiglu(gu:torch.Tensor, # (..., 2I) gate and up pre-activations
     g, u = g.clamp(max=limit), u.clamp(-limit, limit)
     return (u + 1) * g * torch.sigmoid(alpha * g)
 
-# %% ../nbs/03_experts.ipynb #2164f998
+# %% ../nbs/03_experts.ipynb #dbefeed9
 def _check(x, plan, w1, w2, b1, b2, act):
     "Validate shapes and options; return (E, H, I)."
     if act not in ACTS: raise ValueError(f"act={act!r} is not supported; choose one of {ACTS}")
@@ -46,7 +46,7 @@ def _compute_dtype(x:torch.Tensor)->torch.dtype:
     dt = x.device.type
     return torch.get_autocast_dtype(dt) if torch.is_autocast_enabled(dt) else x.dtype
 
-# %% ../nbs/03_experts.ipynb #5136d21d
+# %% ../nbs/03_experts.ipynb #30cd43f7
 def expert_ffn_reference(x:torch.Tensor, # (T, H) tokens
                          plan, # a `dispatch.RoutingPlan` (token_idx, offsets, inv)
                          w1:torch.Tensor, # (E, H, 2I) gate and up projections
@@ -68,7 +68,7 @@ def expert_ffn_reference(x:torch.Tensor, # (T, H) tokens
         out.append(y + b2[e].float() if b2 is not None else y)
     return torch.cat(out) if out else xs.new_zeros(0, H)
 
-# %% ../nbs/03_experts.ipynb #157bf8b8
+# %% ../nbs/03_experts.ipynb #1055f384
 def _grouped_mm(a:torch.Tensor, b:torch.Tensor, offsets:torch.Tensor)->torch.Tensor:
     "Rows of `a` grouped by `offsets` (E+1,) times `b[e]`: torch's grouped_mm, else a loop (syncs)."
     try: return torch._grouped_mm(a, b, offs=offsets[1:])
@@ -93,7 +93,7 @@ def expert_ffn_grouped_mm(x, plan, w1, w2, b1=None, b2=None, act='swiglu', alpha
     y = _grouped_mm(swiglu(gu, act, alpha, limit, interleaved), w2.to(dt), plan.offsets)
     return y + b2.to(dt)[ex] if b2 is not None else y
 
-# %% ../nbs/03_experts.ipynb #e04495d2
+# %% ../nbs/03_experts.ipynb #62cbd63a
 @triton.jit
 def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
     "Row tile `pid_m` -> (expert, first row, end of that expert's rows); first >= end means no work."
@@ -108,7 +108,7 @@ def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
     row0 = tl.sum(tl.where(here, lo, 0), 0) + (pid_m - first) * BM
     return e, row0, tl.sum(tl.where(here, hi, 0), 0)
 
-# %% ../nbs/03_experts.ipynb #7958253e
+# %% ../nbs/03_experts.ipynb #4155e029
 @triton.jit
 def _act_fwd(g, u, alpha, limit, OAI:tl.constexpr):
     "SwiGLU (or GPT-OSS's clamped form) of fp32 gate and up tiles."
@@ -131,7 +131,7 @@ def _act_bwd(dh, g, u, alpha, limit, OAI:tl.constexpr):
     s = tl.sigmoid(g)
     return dh * u * s * (1 + g * (1 - s)), dh * g * s
 
-# %% ../nbs/03_experts.ipynb #f47e57f6
+# %% ../nbs/03_experts.ipynb #450d7de3
 @triton.jit
 def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
                 sa_m, sa_k, sw_e, sw_k, sw_n, sc_m, sc_n, sx_m, sx_n, alpha, limit,
@@ -204,7 +204,7 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
             tl.store(cm + cg[None, :] * sc_n, dg.to(c.dtype.element_ty), mask=omask)
             tl.store(cm + cu[None, :] * sc_n, du.to(c.dtype.element_ty), mask=omask)
 
-# %% ../nbs/03_experts.ipynb #abfe928a
+# %% ../nbs/03_experts.ipynb #77e6586a
 @triton.jit
 def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
                   GATHER:tl.constexpr, HAS_BIAS:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr):
@@ -232,29 +232,36 @@ def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e,
     tl.store(dwe + rk[:, None] * sw_k + rn[None, :] * sw_n, acc.to(dw.dtype.element_ty), mask=(rk < KO)[:, None] & nmask[None, :])
     if HAS_BIAS: tl.store(db + e * NO + rn, dbacc.to(db.dtype.element_ty), mask=nmask & (pm == 0))
 
-# %% ../nbs/03_experts.ipynb #81158456
+# %% ../nbs/03_experts.ipynb #01475d50
 @triton.jit
-def _token_sum_kernel(rows, inv, out, H, k, sr, so, BH:tl.constexpr):
-    "out[t] = Σ_j rows[inv[t·k + j]] in fp32."
+def _token_sum_kernel(rows, inv, wts, out, H, k, sr, so, BH:tl.constexpr, HAS_W:tl.constexpr):
+    "out[t] = Σ_j (wts[t, j] ·) rows[inv[t·k + j]] in fp32."
     t, pn = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = pn * BH + tl.arange(0, BH)
     m = cols < H
     acc = tl.zeros((BH,), tl.float32)
     for j in range(k):
         r = tl.load(inv + t * k + j)
-        acc += tl.load(rows + r * sr + cols, mask=m, other=0.0).to(tl.float32)
+        v = tl.load(rows + r * sr + cols, mask=m, other=0.0).to(tl.float32)
+        acc += v * tl.load(wts + t * k + j).to(tl.float32) if HAS_W else v
     tl.store(out + t * so + cols, acc.to(out.dtype.element_ty), mask=m)
 
-def _token_sum(rows:torch.Tensor, inv:torch.Tensor, T:int, dtype:torch.dtype)->torch.Tensor:
-    "Per-token sum of plan rows (N, H) -> (T, H) in `dtype`."
+def _token_sum(rows:torch.Tensor, # (N, H) plan rows
+               inv:torch.Tensor, # (T·k,) plan row of each (token, slot) pair
+               T:int, dtype:torch.dtype, # tokens; output dtype
+               weights:torch.Tensor|None=None # (T, k) optional weight of each pair
+              )->torch.Tensor: # (T, H)
+    "Per-token (weighted) sum of plan rows, fp32 accumulation in a fixed order."
     H = rows.shape[1]
     out = torch.empty(T, H, device=rows.device, dtype=dtype)
     if T == 0: return out
     BH = min(triton.next_power_of_2(H), 1024)
-    _token_sum_kernel[(T, triton.cdiv(H, BH))](rows, inv, out, H, inv.numel() // T, rows.stride(0), out.stride(0), BH=BH)
+    w = weights.contiguous() if weights is not None else inv
+    _token_sum_kernel[(T, triton.cdiv(H, BH))](rows, inv, w, out, H, inv.numel() // T, rows.stride(0), out.stride(0),
+                                              BH=BH, HAS_W=weights is not None)
     return out
 
-# %% ../nbs/03_experts.ipynb #e799f6e7
+# %% ../nbs/03_experts.ipynb #dcec9186
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 _AUTOTUNE = os.environ.get('PITHTRAIN_AUTOTUNE', '1') == '1' and not _INTERPRET
 
@@ -276,7 +283,7 @@ _mm = _tuned(_even_k(_gmm_kernel), _cfgs((128, 256, 64, 8, 3), (128, 128, 64, 8,
 _dh = _tuned(_even_k(_gmm_kernel), _cfgs((128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3)), _KEY)
 _wg = _tuned(_wgrad_kernel, _cfgs((128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4)), ['KO', 'NO', 'MB'])
 
-# %% ../nbs/03_experts.ipynb #f4310e9e
+# %% ../nbs/03_experts.ipynb #d77146e0
 def _mb(n:int)->int: return triton.next_power_of_2(max(n, 1))  # the autotune key's row-count bucket
 
 def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0):
@@ -300,7 +307,7 @@ def _wgrad(a, tok, b, offs, dw, db):
               GATHER=tok is not None, HAS_BIAS=db is not None, MB=_mb(b.shape[0]))
     return dw
 
-# %% ../nbs/03_experts.ipynb #4378dafb
+# %% ../nbs/03_experts.ipynb #15b83e68
 class _ExpertFFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, token_idx, offsets, inv, w1, w2, b1, b2, dt, oai, inter, alpha, limit):
@@ -344,7 +351,7 @@ class _ExpertFFN(torch.autograd.Function):
             dx = _token_sum(dxr, inv, xc.shape[0], xdt)
         return dx, None, None, None, dw1, dw2, db1, db2, None, None, None, None, None
 
-# %% ../nbs/03_experts.ipynb #007cf5c5
+# %% ../nbs/03_experts.ipynb #9cbfbbdf
 def expert_ffn(x:torch.Tensor, # (T, H) tokens (not gathered: the kernel reads x[plan.token_idx])
                plan, # a `dispatch.RoutingPlan`: token_idx (N,), offsets (E+1,) int32, inv (T·k,)
                w1:torch.Tensor, # (E, H, 2I) gate and up projections

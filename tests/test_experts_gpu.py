@@ -1,0 +1,102 @@
+"GPU checks of the Triton expert FFN: bf16 against the fp32 reference on 50 random shapes and routings, every element written."
+import os, random
+os.environ.setdefault('PITHTRAIN_AUTOTUNE', '0')  # 50 shapes: skip per-shape autotuning (the benchmark tunes)
+import pytest, torch
+from pithtrain.experts import expert_ffn, expert_ffn_reference, _token_sum
+
+def _plan(ids, E):
+    "Routing plan fields from (T, k) ids (stable argsort; the test does not depend on dispatch)."
+    from collections import namedtuple
+    flat = ids.reshape(-1)
+    order = flat.argsort(stable=True)
+    offsets = torch.zeros(E + 1, dtype=torch.int32, device=ids.device)
+    offsets[1:] = torch.bincount(flat, minlength=E).cumsum(0)
+    inv = torch.empty_like(order); inv[order] = torch.arange(order.numel(), device=ids.device)
+    return namedtuple('Plan', 'order token_idx offsets inv')(order, order // ids.shape[1], offsets, inv)
+
+def _ids(T, E, k, kind, g):
+    "Expert ids: balanced, skewed (hot experts), one hot expert, or a few experts with all tokens."
+    logits = torch.randn(T, E, device='cuda', generator=g)
+    if kind == 'skewed': logits += torch.linspace(4.0, 0, E, device='cuda')
+    if kind == 'very_skewed': logits[:, 0] += 20
+    if kind == 'few': logits[:, E // 2:] -= 100
+    return logits.topk(k, -1).indices
+
+def _poison():
+    "Fill the caching allocator's free blocks with NaN bytes, so an unwritten output element shows up."
+    torch.cuda.synchronize()
+    big = [torch.empty(2**28, dtype=torch.uint8, device='cuda') for _ in range(2)]
+    small = [torch.empty(2**19, dtype=torch.uint8, device='cuda') for _ in range(64)]
+    for t in big + small: t.fill_(0xFF)
+    del big, small
+
+def _rel(a, b): return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+CASES = []
+_r = random.Random(0)
+for i in range(50):
+    E = _r.choice([1, 2, 8, 32, 64, 128])
+    k = min(E, _r.choice([1, 2, 4, 6, 8]))
+    CASES.append(dict(T=_r.choice([1, 7, 100, 513, 1024, 2048, 4096]), E=E, k=k, H=_r.choice([128, 192, 320, 1024]),
+                      I=_r.choice([64, 96, 256, 384]), kind=_r.choice(['balanced', 'skewed', 'very_skewed', 'few']),
+                      bias=_r.random() < 0.3, oai=_r.random() < 0.25, master=_r.random() < 0.3, seed=i))
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('case', CASES, ids=lambda c: '-'.join(f'{k}{v}' for k, v in c.items() if k != 'seed'))
+def test_expert_ffn_bf16(case):
+    T, E, k, H, I = (case[n] for n in 'T E k H I'.split())
+    g = torch.Generator(device='cuda').manual_seed(case['seed'])
+    wdt = torch.float32 if case['master'] else torch.bfloat16
+    x = torch.randn(T, H, device='cuda', generator=g).bfloat16().requires_grad_()
+    w1 = (torch.randn(E, H, 2 * I, device='cuda', generator=g) / H**0.5).to(wdt).requires_grad_()
+    w2 = (torch.randn(E, I, H, device='cuda', generator=g) / I**0.5).to(wdt).requires_grad_()
+    b1 = (torch.randn(E, 2 * I, device='cuda', generator=g) * 0.1).to(wdt).requires_grad_() if case['bias'] else None
+    b2 = (torch.randn(E, H, device='cuda', generator=g) * 0.1).to(wdt).requires_grad_() if case['bias'] else None
+    plan = _plan(_ids(T, E, k, case['kind'], g), E)
+    kw = dict(act='swiglu_oai', interleaved=True) if case['oai'] else {}
+    ins = [t for t in (x, w1, w2, b1, b2) if t is not None]
+    dy = torch.randn(T * k, H, device='cuda', generator=g).bfloat16()
+    _poison()
+    y = expert_ffn(x, plan, w1, w2, b1, b2, **kw)
+    grads = torch.autograd.grad(y, ins, dy)
+    ref_in = [t.detach().float().bfloat16().float().requires_grad_() for t in ins]  # the same values, in fp32
+    rx, rw1, rw2, *rb = ref_in
+    ref = expert_ffn_reference(rx, plan, rw1, rw2, *(rb or [None, None]), **kw)
+    rgrads = torch.autograd.grad(ref, ref_in, dy.float())
+    assert y.dtype == torch.bfloat16 and y.shape == (T * k, H)
+    assert torch.isfinite(y).all(), 'output has unwritten (NaN) elements'
+    for name, gr, t in zip(['x', 'w1', 'w2', 'b1', 'b2'], grads, ins):
+        assert gr.dtype == t.dtype, name
+        assert torch.isfinite(gr).all(), f'grad {name} has unwritten (NaN) elements'
+    errs = {n: _rel(a, b) for n, a, b in zip(['y', 'x', 'w1', 'w2', 'b1', 'b2'], [y, *grads], [ref, *rgrads])}
+    assert max(errs.values()) <= 1e-2, errs
+    counts = plan.offsets.diff()
+    if (counts == 0).any():  # experts with no rows: exactly zero weight gradients
+        assert grads[1][counts == 0].abs().max().item() == 0 and grads[2][counts == 0].abs().max().item() == 0
+
+@pytest.mark.gpu
+def test_expert_ffn_autocast_fp32_masters():
+    "fp32 tokens and master weights under bf16 autocast: bf16 products, fp32 gradients."
+    torch.manual_seed(0)
+    T, E, k, H, I = 512, 16, 4, 256, 128
+    x = torch.randn(T, H, device='cuda', requires_grad=True)
+    w1 = (torch.randn(E, H, 2 * I, device='cuda') / H**0.5).requires_grad_()
+    w2 = (torch.randn(E, I, H, device='cuda') / I**0.5).requires_grad_()
+    plan = _plan(torch.rand(T, E, device='cuda').topk(k, -1).indices, E)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        y = expert_ffn(x, plan, w1, w2)
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    assert x.grad.dtype == w1.grad.dtype == w2.grad.dtype == torch.float32
+    ref = expert_ffn_reference(x.detach(), plan, w1.detach(), w2.detach())
+    assert _rel(y, ref) < 1e-2
+
+@pytest.mark.gpu
+def test_token_sum_weighted():
+    torch.manual_seed(0)
+    T, k, H = 300, 3, 200
+    rows = torch.randn(T * k, H, device='cuda', dtype=torch.bfloat16)
+    inv = torch.randperm(T * k, device='cuda')
+    w = torch.rand(T, k, device='cuda')
+    ref = (rows.float()[inv].view(T, k, H) * w[..., None]).sum(1)
+    assert _rel(_token_sum(rows, inv, T, torch.float32, w), ref) < 1e-6
