@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['EXPERT_PARAMS', 'check_parallel', 'DistInfo', 'init_distributed', 'destroy_distributed', 'free_port',
-           'set_torchrun_env', 'spawn', 'expert_holders', 'is_expert_param', 'mp_policy', 'shard_model',
-           'clip_grad_norm_', 'per_matrix', 'local_batch', 'reduce_metrics', 'all_reduce_sum']
+           'set_torchrun_env', 'spawn', 'expert_holders', 'is_expert_param', 'split_experts', 'mp_policy',
+           'shard_model', 'clip_grad_norm_', 'per_matrix', 'local_batch', 'reduce_metrics', 'all_reduce_sum']
 
-# %% ../nbs/24_distributed.ipynb #5fdf27f0
+# %% ../nbs/24_distributed.ipynb #d2b85642
 import os, sys, socket, datetime, tempfile
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.distributed as dist
@@ -17,7 +17,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
 from .core import get_device, get_dtype
 
-# %% ../nbs/24_distributed.ipynb #9163132c
+# %% ../nbs/24_distributed.ipynb #7662f4d4
 def check_parallel(world:int,             # number of processes
                    ep:int=1,              # expert-parallel degree
                    n_experts:int|None=None # routed experts per MoE layer (None: not checked)
@@ -29,7 +29,7 @@ def check_parallel(world:int,             # number of processes
         raise ValueError(f"n_experts={n_experts} is not divisible by ep={ep}: every EP rank holds n_experts/ep whole experts")
     return world // ep
 
-# %% ../nbs/24_distributed.ipynb #6aced474
+# %% ../nbs/24_distributed.ipynb #3c05fae2
 @dataclass
 class DistInfo:
     "Where this process sits: rank, world size and the `(dp, ep)` mesh (None in a plain single process)."
@@ -57,7 +57,7 @@ class DistInfo:
     @property
     def dp_group(self): return self.mesh['dp'].get_group() if self.distributed else None
 
-# %% ../nbs/24_distributed.ipynb #09b63052
+# %% ../nbs/24_distributed.ipynb #01ff8f91
 def init_distributed(ep:int=1,                 # expert-parallel degree (a divisor of the world size)
                      n_experts:int|None=None,  # routed experts per layer, checked against `ep`
                      device:str|None=None,     # 'cuda', 'cpu' or None (CUDA when present)
@@ -84,7 +84,7 @@ def destroy_distributed(info:DistInfo|None=None):
     "Tear the process group down (no-op without one)."
     if dist.is_initialized(): dist.destroy_process_group()
 
-# %% ../nbs/24_distributed.ipynb #49984baa
+# %% ../nbs/24_distributed.ipynb #b1038426
 def free_port()->int:
     "A free TCP port on this machine (for MASTER_PORT)."
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -94,7 +94,7 @@ def set_torchrun_env(rank:int, world:int, port:int, local_rank:int|None=None):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank if local_rank is None else local_rank),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
 
-# %% ../nbs/24_distributed.ipynb #1caf719f
+# %% ../nbs/24_distributed.ipynb #0188fa8f
 def _spawn_entry(i, world, port, fn, args, out):
     set_torchrun_env(i, world, port); torch.set_num_threads(1)
     try: r = fn(*args)
@@ -110,7 +110,7 @@ def spawn(fn,         # importable function run on every rank; it calls `init_di
         mp.spawn(_spawn_entry, args=(world, free_port(), fn, args, out), nprocs=world, join=True)
         return [torch.load(os.path.join(out, f'rank{i}.pt'), weights_only=False) for i in range(world)]
 
-# %% ../nbs/24_distributed.ipynb #ee0058f0
+# %% ../nbs/24_distributed.ipynb #a6f0cb30
 EXPERT_PARAMS = ('w1', 'w2', 'b1', 'b2')
 
 def expert_holders(model:nn.Module)->list[tuple[str, nn.Module]]:
@@ -129,7 +129,19 @@ def is_expert_param(name:str, model:nn.Module)->bool:
     mod, _, leaf = name.rpartition('.')
     return leaf in EXPERT_PARAMS and any(n == mod for n, _ in expert_holders(model))
 
-# %% ../nbs/24_distributed.ipynb #03f9cb2f
+def split_experts(model:nn.Module, info:DistInfo)->nn.Module:
+    "Keep this rank's block of experts in every holder and hand it the EP group (no-op when ep == 1)."
+    if info.ep == 1: return model
+    for name, m in expert_holders(model):
+        E = m.w1.shape[0]; check_parallel(info.world, info.ep, E)
+        El = E // info.ep; sl = slice(info.ep_rank * El, (info.ep_rank + 1) * El)
+        for n in EXPERT_PARAMS:
+            p = m._parameters.get(n)
+            if p is not None: m._parameters[n] = nn.Parameter(p.detach()[sl].clone(), requires_grad=p.requires_grad)
+        m.ep_group, m.ep_rank, m.n_local_experts = info.ep_group, info.ep_rank, El
+    return model
+
+# %% ../nbs/24_distributed.ipynb #18fb4713
 def mp_policy(device:torch.device|str|None=None, # decides the default compute dtype
               dtype:str|torch.dtype|None=None    # compute dtype; None: bf16 on CUDA, fp32 on CPU
              )->MixedPrecisionPolicy:
@@ -158,7 +170,7 @@ def shard_model(model:nn.Module,               # built whole (and cut by `split_
     for b in _blocks(model): fully_shard(b, mesh=info.flat, **kw)
     return fully_shard(model, mesh=info.flat, **kw)
 
-# %% ../nbs/24_distributed.ipynb #476e5572
+# %% ../nbs/24_distributed.ipynb #1d7ec108
 @torch.no_grad()
 def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors on any 1-D mesh)
                     max_norm:float,      # clip to this global L2 norm; <= 0 or inf: only measure
@@ -182,16 +194,17 @@ def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors o
     if 0 < max_norm < float('inf'): torch._foreach_mul_(local, (max_norm / (norm + 1e-6)).clamp(max=1.0).to(local[0].dtype))
     return norm
 
-# %% ../nbs/24_distributed.ipynb #95463cb6
+# %% ../nbs/24_distributed.ipynb #80b228da
 def per_matrix(fn,             # maps a matrix (or a batch of matrices, leading dims) to one of the same shape
                g:torch.Tensor  # plain tensor or FSDP2 DTensor (Shard(0) on a 1-D mesh)
               )->torch.Tensor:
-    "Apply a whole-matrix map to a possibly sharded tensor; return this rank's local part of the result."
+    "Apply a whole-matrix map to a possibly sharded tensor; the result is stored like `g` (DTensor in, DTensor out)."
     if not isinstance(g, DTensor): return fn(g)
-    if g.ndim == 3 and tuple(g.placements) == (Shard(0),): return fn(g.to_local())
-    return distribute_tensor(fn(g.full_tensor()), g.device_mesh, g.placements, src_data_rank=None).to_local()
+    if g.ndim == 3 and tuple(g.placements) == (Shard(0),): local = fn(g.to_local())
+    else: local = distribute_tensor(fn(g.full_tensor()), g.device_mesh, g.placements, src_data_rank=None).to_local()
+    return DTensor.from_local(local, g.device_mesh, g.placements, shape=g.shape, stride=g.stride(), run_check=False)
 
-# %% ../nbs/24_distributed.ipynb #cf52f6a1
+# %% ../nbs/24_distributed.ipynb #120a679d
 def local_batch(x:torch.Tensor, info:DistInfo)->torch.Tensor:
     "This rank's contiguous slice (dim 0) of a global batch; the batch must split evenly."
     if x.shape[0] % info.world: raise ValueError(f"global batch of {x.shape[0]} rows does not split over {info.world} ranks: use a multiple of {info.world}")
