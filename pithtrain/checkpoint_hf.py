@@ -6,7 +6,7 @@
 __all__ = ['Rule', 'same', 'expert_w1', 'expert_w2', 'KeyMap', 'CheckpointError', 'hf_index', 'read_hf_config',
            'check_architecture', 'load_hf', 'save_hf']
 
-# %% ../nbs/22a_checkpoint_hf.ipynb #ca22423c
+# %% ../nbs/22a_checkpoint_hf.ipynb #43de03a7
 import json, os, re, shutil, uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-# %% ../nbs/22a_checkpoint_hf.ipynb #fce553e7
+# %% ../nbs/22a_checkpoint_hf.ipynb #670c4049
 class Rule(NamedTuple):
     "One of our tensors, the HF tensor(s) it is built from, and the exact transforms both ways."
     ours: str                    # our state-dict key
@@ -46,7 +46,7 @@ class KeyMap:
     ignore_hf: tuple = (r'rotary_emb\.inv_freq$',) # regexes of HF tensors to skip when loading
     ignore_ours: tuple = ()                       # regexes of our tensors HF lacks (kept as initialised)
 
-# %% ../nbs/22a_checkpoint_hf.ipynb #4f5e3db0
+# %% ../nbs/22a_checkpoint_hf.ipynb #23efc070
 class CheckpointError(ValueError):
     "A checkpoint does not fit the model: names the tensor or field and what was expected."
 
@@ -78,7 +78,7 @@ def check_architecture(d:dict,          # a HF config dict
         raise CheckpointError(f"unsupported architecture for {family}: model_type={d.get('model_type')!r}, "
                               f"architectures={d.get('architectures')}; expected model_type={model_type!r}")
 
-# %% ../nbs/22a_checkpoint_hf.ipynb #1284faa9
+# %% ../nbs/22a_checkpoint_hf.ipynb #8bc69c83
 def _shape(h, name): return tuple(h.get_slice(name).get_shape())
 
 def _plan(model:nn.Module, path, km:KeyMap)->tuple:
@@ -131,7 +131,7 @@ def load_hf(model:nn.Module,    # a pithtrain model, already built from the matc
     finally: handles.clear()
     return model
 
-# %% ../nbs/22a_checkpoint_hf.ipynb #e1ba9435
+# %% ../nbs/22a_checkpoint_hf.ipynb #6125ae68
 def _atomic_dir(path:Path, write:Callable):
     "Run `write(tmp)` on a fresh sibling directory, then rename it to `path` (replacing an old one)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
