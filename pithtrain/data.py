@@ -8,7 +8,7 @@ __all__ = ['EOD_NAMES', 'DIR_SUFFIXES', 'DataError', 'ByteTokenizer', 'HFTokeniz
            'plan_shards', 'cache_dir', 'prepare_data', 'train_bpe', 'TokenDataset', 'split_windows', 'Loader',
            'next_batch', 'val_batches', 'state_dict', 'load_state_dict', 'tokenize_main']
 
-# %% ../nbs/20_data.ipynb #bf6165c1
+# %% ../nbs/20_data.ipynb #32bfcd6d
 import os, sys, json, glob, math, time, fcntl, hashlib, argparse, platform, sysconfig, inspect, warnings
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# %% ../nbs/20_data.ipynb #4234bac8
+# %% ../nbs/20_data.ipynb #413f36de
 class DataError(ValueError):
     "Bad input data or arguments; the message names the file, field or value."
 
@@ -36,7 +36,7 @@ class ByteTokenizer:
         return eod.join(bytes(d[d != self.eod_id].astype(np.uint8)).decode('utf-8', 'replace') for d in docs)
     def __repr__(self): return f"ByteTokenizer(vocab_size={self.vocab_size}, eod_id={self.eod_id})"
 
-# %% ../nbs/20_data.ipynb #84bb5193
+# %% ../nbs/20_data.ipynb #3e69f070
 EOD_NAMES = ('<|endoftext|>', '</s>', '<|end_of_text|>', '<eos>', '<|eos|>', '<|im_end|>')
 
 class HFTokenizer:
@@ -83,7 +83,7 @@ def load_tokenizer(tok=None): # None or 'bytes': the byte tokenizer; a path: `HF
     if tok is None or tok == 'bytes': return ByteTokenizer()
     return HFTokenizer(tok) if isinstance(tok, (str, Path)) else tok
 
-# %% ../nbs/20_data.ipynb #dfed722a
+# %% ../nbs/20_data.ipynb #aace18ae
 DIR_SUFFIXES = ('.txt', '.md', '.rst', '.py', '.jsonl', '.parquet')
 
 def list_files(source)->list[str]:
@@ -111,7 +111,7 @@ def file_units(files:list[str], piece:int=64<<20)->list[tuple]:
         out += [(kind, f, s, min(s + piece, n)) for s in range(0, n, piece)] if kind == 'jsonl' and n > piece else [(kind, f, 0, n)]
     return out
 
-# %% ../nbs/20_data.ipynb #d0dddc7d
+# %% ../nbs/20_data.ipynb #bf4184fb
 def _jsonl_docs(path, start, end, field):
     with open(path, 'rb') as f:
         if start: f.seek(start - 1); f.readline()   # the line holding byte start-1 belongs to the previous range
@@ -144,7 +144,7 @@ def read_docs(unit:tuple, # (kind, path, start, end) from `file_units`
         else: raise DataError(f"unit kind {kind!r} unknown")
     except OSError as e: raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
-# %% ../nbs/20_data.ipynb #d469f1ef
+# %% ../nbs/20_data.ipynb #17ce1ffc
 def stdlib_dir()->Path:
     "The running Python's standard library source directory."
     p = Path(sysconfig.get_paths()['stdlib'])
@@ -182,7 +182,7 @@ def corpus_fingerprint(units:list[tuple]|None=None, # units (default: the defaul
     if default: key.append(['python', platform.python_version(), max_mb])
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
-# %% ../nbs/20_data.ipynb #909ba9e5
+# %% ../nbs/20_data.ipynb #ee9f63de
 def token_dtype(vocab_size:int)->np.dtype:
     "The smallest unsigned dtype holding ids 0..vocab_size-1."
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
@@ -222,7 +222,7 @@ def plan_shards(units:list[tuple], tok, shard_mb:float=16, text_field:str='text'
     key = lambda g: hashlib.sha256(json.dumps([tok.name, text_field, g]).encode()).hexdigest()[:10]
     return [(f'{i:05d}-{key(g)}', g, sum(u[3] - u[2] for u in g)) for i, g in enumerate(groups)]
 
-# %% ../nbs/20_data.ipynb #674eb830
+# %% ../nbs/20_data.ipynb #572ec6e7
 def cache_dir()->Path:
     "Per-user cache: $PITHTRAIN_CACHE, else $XDG_CACHE_HOME/pithtrain, else ~/.cache/pithtrain."
     if os.environ.get('PITHTRAIN_CACHE'): return Path(os.environ['PITHTRAIN_CACHE'])
@@ -239,7 +239,7 @@ def _pool(workers:int):
     fork = 'fork' in mp.get_all_start_methods() and not torch.cuda.is_initialized()
     return ProcessPoolExecutor(workers, mp_context=mp.get_context('fork' if fork else 'spawn'))
 
-# %% ../nbs/20_data.ipynb #bb575558
+# %% ../nbs/20_data.ipynb #06e5ad85
 def _run_shards(out:Path, todo:list, tok, text_field, workers, progress)->None:
     "Tokenize the `todo` shards, in this process or in `workers` processes, with a progress bar."
     from tqdm import tqdm
@@ -249,6 +249,7 @@ def _run_shards(out:Path, todo:list, tok, text_field, workers, progress)->None:
         if workers <= 1 or len(todo) == 1:
             for name, units, nb in todo: tokenize_shard(str(out), name, units, tok, text_field); bar.update(nb)
             return
+        old = os.environ.get('TOKENIZERS_PARALLELISM'); os.environ['TOKENIZERS_PARALLELISM'] = 'false'   # no fork warning per worker
         with warnings.catch_warnings(), _pool(min(workers, len(todo))) as ex:
             warnings.filterwarnings('ignore', message='.*fork.*', category=DeprecationWarning)
             futs = {ex.submit(tokenize_shard, str(out), n, u, tok, text_field): nb for n, u, nb in todo}
@@ -256,7 +257,9 @@ def _run_shards(out:Path, todo:list, tok, text_field, workers, progress)->None:
                 for f in as_completed(futs): f.result(); bar.update(futs[f])
             except BrokenProcessPool: raise DataError(f"a tokenizer worker died (killed, or out of memory); finished shards in {out} are kept: run again to resume") from None
             except BaseException: [f.cancel() for f in futs]; raise
-    finally: bar.close()
+    finally:
+        bar.close()
+        if workers > 1 and len(todo) > 1: os.environ.pop('TOKENIZERS_PARALLELISM') if old is None else os.environ.update(TOKENIZERS_PARALLELISM=old)
 
 def prepare_data(source=None, # files/dirs/globs (str or list); None: the default corpus (Python stdlib)
                  out_dir:str|Path|None=None, # where the shards go; None: cache_dir()/data/<corpus>-<fingerprint>-<tokenizer>
@@ -285,7 +288,7 @@ def prepare_data(source=None, # files/dirs/globs (str or list); None: the defaul
         if overwrite: [p.unlink() for p in out.glob('*.bin')]
         todo = [s for s in shards if not (out/f'{s[0]}.bin').is_file()]
         t0 = time.perf_counter()
-        _run_shards(out, todo, tok, text_field, workers or len(os.sched_getaffinity(0)), progress)
+        _run_shards(out, todo, tok, text_field, workers or len(getattr(os, 'sched_getaffinity', lambda _: range(os.cpu_count() or 1))(0)), progress)
         secs, names = time.perf_counter() - t0, {s[0] for s in shards}
         for p in [*out.glob('*.bin'), *out.glob('*.idx.npy')]:   # shards of an earlier, different input
             if p.name.split('.')[0] not in names: p.unlink()
@@ -303,7 +306,7 @@ def prepare_data(source=None, # files/dirs/globs (str or list); None: the defaul
         _atomic_write(meta_p, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return str(out)
 
-# %% ../nbs/20_data.ipynb #0123e004
+# %% ../nbs/20_data.ipynb #a34fb345
 def train_bpe(source=None, # as for `prepare_data`; None: the default corpus
               vocab_size:int=8192, out:str|Path|None=None, # a tokenizer.json path (None: in the cache)
               max_mb:float|None=None, text_field:str='text')->HFTokenizer:
@@ -324,7 +327,7 @@ def train_bpe(source=None, # as for `prepare_data`; None: the default corpus
     _atomic_write(out, lambda f: f.write(tok.to_str().encode()))
     return HFTokenizer(out)
 
-# %% ../nbs/20_data.ipynb #aa7b28d1
+# %% ../nbs/20_data.ipynb #bae16c2f
 class TokenDataset:
     "A prepared dataset directory read as one token stream through per-shard memmaps."
     def __init__(self, path:str|Path):
@@ -356,7 +359,7 @@ class TokenDataset:
         return np.r_[np.concatenate([o + b for o, b in zip(offs, self.starts)]), self.n_tokens].astype(np.int64)
     def __repr__(self): return f"TokenDataset({str(self.path)!r}, {self.n_tokens:,} tokens, {len(self.shards)} shards, {self.meta['tokenizer']})"
 
-# %% ../nbs/20_data.ipynb #a6167d9d
+# %% ../nbs/20_data.ipynb #bfa8cdd2
 def split_windows(n:int, val_frac:float, block:int=32, seed:int=1234)->tuple[np.ndarray, np.ndarray]:
     "(train, val) window indices: `val_frac` of `n` windows held out in fixed-seed blocks of `block`."
     if val_frac <= 0 or n < 2: return np.arange(n), np.arange(0)
@@ -366,7 +369,7 @@ def split_windows(n:int, val_frac:float, block:int=32, seed:int=1234)->tuple[np.
     mask = np.ones(n, bool); mask[val] = False
     return np.flatnonzero(mask), val
 
-# %% ../nbs/20_data.ipynb #eb8aaec4
+# %% ../nbs/20_data.ipynb #de03c887
 class Loader:
     "Batches of (input_ids, labels) (B, seq_len) int64 windows: seeded shuffle, resumable, sharded by rank."
     def __init__(self, path, # a dataset dir, a list of them, or {dir: weight} for a mixture
@@ -400,7 +403,7 @@ class Loader:
             raise DataError(f"validation split has {sum(map(len, self.val_idx))} windows for {world_size} ranks: raise val_frac or use more data")
         self.step, self.cursors, self._perms = 0, [0] * len(self.ds), {}
 
-# %% ../nbs/20_data.ipynb #5dedb41c
+# %% ../nbs/20_data.ipynb #68add69c
 @torch.no_grad()
 def _collate(self, picks)->tuple[torch.Tensor, torch.Tensor]:
     "Read windows [(dataset, window), ...] into (input_ids, labels)."
@@ -412,7 +415,7 @@ def _window(self, i:int, k:int)->int:
     "Window of the `k`-th training sample drawn from dataset `i`."
     e, pos = divmod(k, len(self.train_idx[i]))
     if (i, e) not in self._perms:
-        if len(self._perms) > 4: self._perms.pop(next(iter(self._perms)))
+        if len(self._perms) >= 2 * len(self.ds): self._perms.pop(next(iter(self._perms)))
         self._perms[i, e] = np.random.default_rng([self.seed, i, e]).permutation(self.train_idx[i])
     return int(self._perms[i, e][pos])
 
@@ -452,13 +455,13 @@ def _len(self)->int:
 
 Loader._collate, Loader._window, Loader._next_picks, Loader.next_batch, Loader._val_picks, Loader.val_batches, Loader.__iter__, Loader.__len__ = _collate, _window, _next_picks, next_batch, _val_picks, val_batches, _iter, _len
 
-# %% ../nbs/20_data.ipynb #7b03e643
+# %% ../nbs/20_data.ipynb #e3745ebd
 def _ds_keys(self)->list: return [[d.meta['fingerprint'], d.meta['tokenizer'], d.n_tokens] for d in self.ds]
 
 def state_dict(self)->dict:
     "Everything needed to continue with the next unseen batch."
     return dict(step=self.step, cursors=list(self.cursors), seed=self.seed, seq_len=self.seq_len, datasets=_ds_keys(self),
-                weights=self.p.tolist(), epoch=self.cursors[0] // len(self.train_idx[0]))
+                weights=self.p.tolist(), epochs=[c // len(t) for c, t in zip(self.cursors, self.train_idx)])
 
 def load_state_dict(self, sd:dict):
     "Continue from `sd` (taken from a loader over the same data and seq_len)."
@@ -468,7 +471,7 @@ def load_state_dict(self, sd:dict):
 
 Loader.state_dict, Loader.load_state_dict = state_dict, load_state_dict
 
-# %% ../nbs/20_data.ipynb #7e83bf1d
+# %% ../nbs/20_data.ipynb #ee1fca63
 def tokenize_main(argv:list[str]|None=None)->str:
     "`pithtrain tokenize [SOURCE ...]`: tokenize files (or the default corpus) into a dataset dir; print and return it."
     ap = argparse.ArgumentParser(prog='pithtrain tokenize', description='Tokenize a corpus into packed token shards (resumable).')
