@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['AllToAll', 'EPHandle', 'ep_dispatch', 'ep_combine']
 
-# %% ../nbs/02a_dispatch_ep.ipynb #4d0d2744
+# %% ../nbs/02a_dispatch_ep.ipynb #c5b5833e
 from typing import NamedTuple
 import torch
 import torch.distributed as dist
 from .dispatch import RoutingPlan, make_plan, gather, combine
 
-# %% ../nbs/02a_dispatch_ep.ipynb #6f17abbd
+# %% ../nbs/02a_dispatch_ep.ipynb #564aa596
 def _a2a(x, out_splits, in_splits, group):
     "all_to_all_single along dim 0: send in_splits[p] rows to rank p, receive out_splits[p] rows from it."
     out = x.new_empty((sum(out_splits),) + tuple(x.shape[1:]))
@@ -29,7 +29,7 @@ class AllToAll(torch.autograd.Function):
         out_splits, in_splits = ctx.splits
         return _a2a(g, in_splits, out_splits, ctx.group), None, None, None
 
-# %% ../nbs/02a_dispatch_ep.ipynb #ec0ca8da
+# %% ../nbs/02a_dispatch_ep.ipynb #92620fe8
 class EPHandle(NamedTuple):
     "What `ep_combine` (and backward) need to send expert outputs back: plans, splits, dedup state."
     group: object             # the EP process group (None: the default group)
@@ -48,7 +48,7 @@ def _dedup_keys(ids, El, P):
     first = ~(same & (j[None, :] < j[:, None])).any(-1)                    # slot a is the token's first for its rank
     return torch.where(first, dest, P), same
 
-# %% ../nbs/02a_dispatch_ep.ipynb #37b6786d
+# %% ../nbs/02a_dispatch_ep.ipynb #e698aa1c
 def _truncate(plan, n_rows, n_groups):
     "Keep the first n_rows plan rows and n_groups groups; pairs in dropped rows get inv = -1."
     return RoutingPlan(plan.order[:n_rows], plan.token_idx[:n_rows], plan.offsets[:n_groups + 1], plan.counts[:n_groups],
@@ -101,7 +101,7 @@ def ep_dispatch(x:torch.Tensor,      # (T, H) this rank's tokens
                  bytes_saved=2 * (T * k - n_send) * H * es - meta_bytes)
     return rows, eplan, EPHandle(group, splan, rplan, send_splits, recv_splits, same, stats)
 
-# %% ../nbs/02a_dispatch_ep.ipynb #78e38f58
+# %% ../nbs/02a_dispatch_ep.ipynb #d1fee0ff
 def ep_combine(rows:torch.Tensor,     # (N, H) expert outputs in the order of the plan `ep_dispatch` returned
                weights:torch.Tensor,  # (T, k) routing weights of this rank's tokens
                handle:EPHandle        # from `ep_dispatch`
