@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['flat_state', 'save_dcp', 'load_dcp']
 
-# %% ../nbs/22b_checkpoint_dcp.ipynb #ca41685d
-import os, shutil
+# %% ../nbs/22b_checkpoint_dcp.ipynb #431c2d67
+import os, shutil, warnings
 import torch, torch.nn as nn, torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor
 from .distributed import DistInfo, EXPERT_PARAMS, expert_holders
 
-# %% ../nbs/22b_checkpoint_dcp.ipynb #05fe368a
+# %% ../nbs/22b_checkpoint_dcp.ipynb #f68dcea7
 def _split(key:str, t:torch.Tensor, info:DistInfo)->dict:
     "Per-expert entries `key.e` (global e) for this rank's part of a stacked expert tensor."
     local, start = t, 0
@@ -43,9 +43,16 @@ def flat_state(model:nn.Module,                       # whole, EP-split and/or F
                 out.update(_split(key, v, info) if names[p] in experts and v.shape == p.shape else {key: v})
     return out
 
-# %% ../nbs/22b_checkpoint_dcp.ipynb #f9a4ca2c
-def _barrier(): 
+# %% ../nbs/22b_checkpoint_dcp.ipynb #164eaa03
+def _barrier():
     if dist.is_initialized(): dist.barrier()
+
+def _dcp(fn, st, path):
+    "Run `dcp.save`/`dcp.load`; its failures (a BaseException) become a RuntimeError naming the checkpoint."
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='torch.distributed is disabled')  # one process: expected
+        try: fn(st, checkpoint_id=path)
+        except dcp.api.CheckpointException as e: raise RuntimeError(f"checkpoint {path}: {e}") from None
 
 def save_dcp(path:str,                                # checkpoint directory (written atomically)
              model:nn.Module, optimizer:torch.optim.Optimizer|None=None,
@@ -57,7 +64,7 @@ def save_dcp(path:str,                                # checkpoint directory (wr
     tmp = path + '.tmp'
     if info.is_main and os.path.exists(tmp): shutil.rmtree(tmp)
     _barrier()
-    dcp.save(flat_state(model, optimizer, info), checkpoint_id=tmp)
+    _dcp(dcp.save, flat_state(model, optimizer, info), tmp)
     if info.is_main:
         groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups] if optimizer else None
         torch.save(dict(extra=extra or {}, param_groups=groups, world=info.world, ep=info.ep), os.path.join(tmp, 'meta.pt'))
@@ -89,7 +96,7 @@ def load_dcp(path:str,                                 # a directory written by 
     if optimizer is not None: _prime(optimizer)
     st = flat_state(model, optimizer, info)
     nums = _numbers(optimizer, model) if optimizer is not None else {}
-    dcp.load(st, checkpoint_id=path)
+    _dcp(dcp.load, st, path)
     if optimizer is not None:
         for key, (d, k) in nums.items(): d[k] = type(d[k])(st[key].item())   # numbers went through a tensor
         if meta['param_groups'] is not None:
