@@ -77,8 +77,18 @@ def gmm_ffn(x, w, idx, w1, w2, w3):
     out.index_add_(0, order // k, o)
     return out
 
+PLAN_KW = {}
+def pick_plan_builder():
+    "dispatch has a Triton and a torch plan builder (both no-sync); use the faster at the first shape."
+    if DISPATCH != 'pithtrain.dispatch': return {}
+    H, I, E, k = SHAPES['qwen3-30b-a3b']
+    idx = route(TOKENS, E, k, False)[1]
+    t = {u: do_bench(lambda: make_plan(idx, E, use_triton=u), warmup=10, rep=50, return_mode='median') for u in (True, False)}
+    PLAN_KW['use_triton'] = min(t, key=t.get)
+    return {f"make_plan(use_triton={u})_us": v * 1e3 for u, v in t.items()}
+
 def pith_ffn(x, w, idx, w1, w2, E):
-    plan = make_plan(idx, E)
+    plan = make_plan(idx, E, **PLAN_KW)
     return combine(expert_ffn(x, plan, w1, w2), w, plan)
 
 def tflops(flops, ms): return flops / (ms * 1e-3) / 1e12
@@ -93,7 +103,8 @@ def main():
             os.makedirs(d, exist_ok=True)
             json.dump(res, open(os.path.join(d, f'experts-{date}.json'), 'w'), indent=1)
             json.dump(detail, open(os.path.join(d, f'experts_detail-{date}.json'), 'w'), indent=1)
-    print(f"dispatch: {DISPATCH}", flush=True)
+    detail["plan_builders"] = pick_plan_builder()
+    print(f"dispatch: {DISPATCH} {detail['plan_builders']} -> {PLAN_KW}", flush=True)
     for name, (H, I, E, k) in SHAPES.items():
         for routing in ('balanced', 'skewed'):
             t0 = time.time()
@@ -138,7 +149,7 @@ def main():
             res["rows"].append({"shape": name, "routing": routing, "pithtrain_tflops": get("pithtrain_tflops"),
                                 "torch_grouped_mm_tflops": get("torch_grouped_mm_tflops"), "loop_tflops": get("loop_tflops"),
                                 "ratio_vs_grouped_mm": get("pithtrain_tflops") / get("torch_grouped_mm_tflops"),
-                                "pithtrain_peak_mem_gb": get("pithtrain_peak_mem_gb"), "torch_peak_mem_gb": get("torch_peak_mem_gb")})
+                                "pithtrain_peak_mem_gb": get("pithtrain_peak_mem_gb"), "torch_peak_mem_gb": get("torch_grouped_mm_peak_mem_gb")})
             save()
             r = res["rows"][-1]
             print(f"{name:17s} {routing:9s} pithtrain {r['pithtrain_tflops']:6.1f}  grouped_mm {r['torch_grouped_mm_tflops']:6.1f}  "
@@ -160,7 +171,7 @@ def breakdown(name='qwen3-30b-a3b'):
     w1 = torch.randn(E, H, 2 * I, device=dev, dtype=torch.bfloat16) / math.sqrt(H)
     w2 = torch.randn(E, I, H, device=dev, dtype=torch.bfloat16) / math.sqrt(I)
     w, idx = route(TOKENS, E, k, False)
-    p = make_plan(idx, E)
+    p = make_plan(idx, E, **PLAN_KW)
     N = TOKENS * k
     h, gu = torch.empty(N, I, device=dev, dtype=torch.bfloat16), torch.empty(N, 2 * I, device=dev, dtype=torch.bfloat16)
     y, dy, dgu = torch.empty(N, H, device=dev, dtype=torch.bfloat16), torch.randn(N, H, device=dev, dtype=torch.bfloat16), torch.empty_like(gu)
@@ -168,7 +179,7 @@ def breakdown(name='qwen3-30b-a3b'):
     offs = p.offsets
     X._launch(X._fc1, x, p.token_idx, offs, w1, None, h, gu, H, I, I, w1.stride(2), w1.stride(1), 1)
     parts = {
-        "plan": (lambda: make_plan(idx, E), 0),
+        "plan": (lambda: make_plan(idx, E, **PLAN_KW), 0),
         "fc1+swiglu (gather)": (lambda: X._launch(X._fc1, x, p.token_idx, offs, w1, None, h, gu, H, I, I, w1.stride(2), w1.stride(1), 1), 4 * N * H * I),
         "fc2": (lambda: X._launch(X._mm, h, None, offs, w2, None, y, None, I, H, I, w2.stride(2), w2.stride(1), 0), 2 * N * H * I),
         "combine fwd": (lambda: X._token_sum(y, p.inv, TOKENS, torch.bfloat16, w), 0),

@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['ACTS', 'split_gate_up', 'swiglu', 'expert_ffn_reference', 'expert_ffn_grouped_mm', 'expert_ffn']
 
-# %% ../nbs/03_experts.ipynb #6dc13085
+# %% ../nbs/03_experts.ipynb #33eba360
 import os
 import torch, torch.nn.functional as F
 import triton, triton.language as tl
 
-# %% ../nbs/03_experts.ipynb #40f2bf63
+# %% ../nbs/03_experts.ipynb #a3a58582
 ACTS = ('swiglu', 'swiglu_oai')
 
 def split_gate_up(gu:torch.Tensor, interleaved:bool=False):
@@ -25,7 +25,7 @@ def swiglu(gu:torch.Tensor, # (..., 2I) gate and up pre-activations
     g, u = g.clamp(max=limit), u.clamp(-limit, limit)
     return (u + 1) * g * torch.sigmoid(alpha * g)
 
-# %% ../nbs/03_experts.ipynb #6f31ccd6
+# %% ../nbs/03_experts.ipynb #57de9e32
 def _check(x, plan, w1, w2, b1, b2, act):
     "Validate shapes and options; return (E, H, I)."
     if act not in ACTS: raise ValueError(f"act={act!r} is not supported; choose one of {ACTS}")
@@ -46,7 +46,7 @@ def _compute_dtype(x:torch.Tensor)->torch.dtype:
     dt = x.device.type
     return torch.get_autocast_dtype(dt) if torch.is_autocast_enabled(dt) else x.dtype
 
-# %% ../nbs/03_experts.ipynb #289a8008
+# %% ../nbs/03_experts.ipynb #9985df40
 def expert_ffn_reference(x:torch.Tensor, # (T, H) tokens
                          plan, # a `dispatch.RoutingPlan` (token_idx, offsets, inv)
                          w1:torch.Tensor, # (E, H, 2I) gate and up projections
@@ -68,7 +68,7 @@ def expert_ffn_reference(x:torch.Tensor, # (T, H) tokens
         out.append(y + b2[e].float() if b2 is not None else y)
     return torch.cat(out) if out else xs.new_zeros(0, H)
 
-# %% ../nbs/03_experts.ipynb #48ce0234
+# %% ../nbs/03_experts.ipynb #9f68ae7a
 def _grouped_mm(a:torch.Tensor, b:torch.Tensor, offsets:torch.Tensor)->torch.Tensor:
     "Rows of `a` grouped by `offsets` (E+1,) times `b[e]`: torch's grouped_mm, else a loop (syncs)."
     try: return torch._grouped_mm(a, b, offs=offsets[1:])
@@ -93,7 +93,7 @@ def expert_ffn_grouped_mm(x, plan, w1, w2, b1=None, b2=None, act='swiglu', alpha
     y = _grouped_mm(swiglu(gu, act, alpha, limit, interleaved), w2.to(dt), plan.offsets)
     return y + b2.to(dt)[ex] if b2 is not None else y
 
-# %% ../nbs/03_experts.ipynb #d38007fd
+# %% ../nbs/03_experts.ipynb #8ecc2010
 @triton.jit
 def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
     "Row tile `pid_m` -> (expert, first row, end of that expert's rows); first >= end means no work."
@@ -108,7 +108,7 @@ def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
     row0 = tl.sum(tl.where(here, lo, 0), 0) + (pid_m - first) * BM
     return e, row0, tl.sum(tl.where(here, hi, 0), 0)
 
-# %% ../nbs/03_experts.ipynb #78d0b564
+# %% ../nbs/03_experts.ipynb #9a03248e
 @triton.jit
 def _act_fwd(g, u, alpha, limit, OAI:tl.constexpr):
     "SwiGLU (or GPT-OSS's clamped form) of fp32 gate and up tiles."
@@ -131,12 +131,12 @@ def _act_bwd(dh, g, u, alpha, limit, OAI:tl.constexpr):
     s = tl.sigmoid(g)
     return dh * u * s * (1 + g * (1 - s)), dh * g * s
 
-# %% ../nbs/03_experts.ipynb #9573f5db
+# %% ../nbs/03_experts.ipynb #fa854a9b
 @triton.jit
 def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
                 sa_m, sa_k, sw_e, sw_k, sw_n, sc_m, sc_n, sx_m, sx_n, alpha, limit,
                 ACT:tl.constexpr, OAI:tl.constexpr, INTER:tl.constexpr, GATHER:tl.constexpr, HAS_BIAS:tl.constexpr,
-                EP2:tl.constexpr, MB, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr, EVEN_K:tl.constexpr):
+                EP2:tl.constexpr, MB, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr, EVEN_K:tl.constexpr, EVEN_N:tl.constexpr):
     "Grouped GEMM c[rows] = a[rows] @ w[e] (+ bias, activation): ACT 0 plain, 1 SwiGLU forward, 2 SwiGLU backward."
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(NO, BN)
@@ -148,15 +148,17 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
     rl = tl.minimum(rm, rend - 1)
     arow = tl.load(tok + rl).to(tl.int64) if GATHER else rl.to(tl.int64)
     rn = pid_n * BN + tl.arange(0, BN)
-    rnl = rn % NO
+    rnl = rn if EVEN_N else rn % NO  # wrapped columns for the loads (a modulo hides contiguity: only when needed)
     rk = tl.arange(0, BK)
     a_p = a + arow[:, None] * sa_m + rk[None, :] * sa_k
     we = w + e.to(tl.int64) * sw_e
     cm = c + rm.to(tl.int64)[:, None] * sc_m
     omask = rmask[:, None] & (rn < NO)[None, :]
-    if ACT != 0:  # columns of the gate and up halves
+    if ACT != 0:  # columns of the gate and up halves: cg/cu wrapped for loads, sg/su for the masked epilogue
         cg = 2 * rnl if INTER else rnl
         cu = 2 * rnl + 1 if INTER else rnl + I
+        sg = 2 * rn if INTER else rn
+        su = 2 * rn + 1 if INTER else rn + I
     if ACT == 1:
         bg_p = we + rk[:, None] * sw_k + cg[None, :] * sw_n
         bu_p = we + rk[:, None] * sw_k + cu[None, :] * sw_n
@@ -179,8 +181,8 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
         h = _act_fwd(accg, accu, alpha, limit, OAI)
         tl.store(cm + rn[None, :] * sc_n, h.to(c.dtype.element_ty), mask=omask)
         xm = aux + rm.to(tl.int64)[:, None] * sx_m
-        tl.store(xm + cg[None, :] * sx_n, accg.to(aux.dtype.element_ty), mask=omask)
-        tl.store(xm + cu[None, :] * sx_n, accu.to(aux.dtype.element_ty), mask=omask)
+        tl.store(xm + sg[None, :] * sx_n, accg.to(aux.dtype.element_ty), mask=omask)
+        tl.store(xm + su[None, :] * sx_n, accu.to(aux.dtype.element_ty), mask=omask)
     else:
         b_p = we + rk[:, None] * sw_k + rnl[None, :] * sw_n
         acc = tl.zeros((BM, BN), tl.float32)
@@ -198,16 +200,17 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
             tl.store(cm + rn[None, :] * sc_n, acc.to(c.dtype.element_ty), mask=omask)
         else:
             xm = aux + rm.to(tl.int64)[:, None] * sx_m
-            g = tl.load(xm + cg[None, :] * sx_n, mask=omask, other=0.0).to(tl.float32)
-            u = tl.load(xm + cu[None, :] * sx_n, mask=omask, other=0.0).to(tl.float32)
+            g = tl.load(xm + sg[None, :] * sx_n, mask=omask, other=0.0).to(tl.float32)
+            u = tl.load(xm + su[None, :] * sx_n, mask=omask, other=0.0).to(tl.float32)
             dg, du = _act_bwd(acc, g, u, alpha, limit, OAI)
-            tl.store(cm + cg[None, :] * sc_n, dg.to(c.dtype.element_ty), mask=omask)
-            tl.store(cm + cu[None, :] * sc_n, du.to(c.dtype.element_ty), mask=omask)
+            tl.store(cm + sg[None, :] * sc_n, dg.to(c.dtype.element_ty), mask=omask)
+            tl.store(cm + su[None, :] * sc_n, du.to(c.dtype.element_ty), mask=omask)
 
-# %% ../nbs/03_experts.ipynb #ac8e421e
+# %% ../nbs/03_experts.ipynb #4b4da1b2
 @triton.jit
 def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
-                  GATHER:tl.constexpr, HAS_BIAS:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr):
+                  GATHER:tl.constexpr, HAS_BIAS:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr,
+                  EVEN_M:tl.constexpr, EVEN_N:tl.constexpr):
     "dw[e] = a[rows of e]ᵀ @ b[rows of e] (db[e] = column sums of b) for every expert, empty ones zero."
     pid = tl.program_id(0)
     nm, nn = tl.cdiv(KO, BM), tl.cdiv(NO, BN)
@@ -216,7 +219,8 @@ def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e,
     lo, hi = tl.load(offs + e), tl.load(offs + e + 1)
     rk = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
-    rkl, rnl = rk % KO, rn % NO
+    rkl = rk if EVEN_M else rk % KO
+    rnl = rn if EVEN_N else rn % NO
     acc = tl.zeros((BM, BN), tl.float32)
     dbacc = tl.zeros((BN,), tl.float32)
     for r0 in range(lo, hi, BK):
@@ -232,7 +236,7 @@ def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e,
     tl.store(dwe + rk[:, None] * sw_k + rn[None, :] * sw_n, acc.to(dw.dtype.element_ty), mask=(rk < KO)[:, None] & nmask[None, :])
     if HAS_BIAS: tl.store(db + e * NO + rn, dbacc.to(db.dtype.element_ty), mask=nmask & (pm == 0))
 
-# %% ../nbs/03_experts.ipynb #912c17d2
+# %% ../nbs/03_experts.ipynb #dc9b8430
 @triton.jit
 def _token_sum_kernel(rows, inv, wts, out, H, k, sr, so, BH:tl.constexpr, HAS_W:tl.constexpr):
     "out[t] = Σ_j (wts[t, j] ·) rows[inv[t·k + j]] in fp32."
@@ -261,7 +265,7 @@ def _token_sum(rows:torch.Tensor, # (N, H) plan rows
                                               BH=BH, HAS_W=weights is not None)
     return out
 
-# %% ../nbs/03_experts.ipynb #13ac9096
+# %% ../nbs/03_experts.ipynb #b2e9d315
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 _AUTOTUNE = os.environ.get('PITHTRAIN_AUTOTUNE', '1') == '1' and not _INTERPRET
 
@@ -276,14 +280,15 @@ def _tuned(kernel, cfgs, key):
     "Autotune `kernel` over `cfgs` keyed on `key` (a quick median-of-runs benchmark per config)."
     return triton.autotune(configs=cfgs, key=key, do_bench=_bench)(kernel)
 
-_even_k = triton.heuristics({'EVEN_K': lambda a: a['K'] % a['BK'] == 0})
+_even_k = triton.heuristics({'EVEN_K': lambda a: a['K'] % a['BK'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
+_even_mn = triton.heuristics({'EVEN_M': lambda a: a['KO'] % a['BM'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
 _KEY = ['K', 'NO', 'MB']
 _fc1 = _tuned(_even_k(_gmm_kernel), _cfgs((128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 64, 64, 8, 4)), _KEY)
 _mm = _tuned(_even_k(_gmm_kernel), _cfgs((128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (256, 128, 64, 8, 3)), _KEY)
 _dh = _tuned(_even_k(_gmm_kernel), _cfgs((128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4)), _KEY)
-_wg = _tuned(_wgrad_kernel, _cfgs((128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4)), ['KO', 'NO', 'MB'])
+_wg = _tuned(_even_mn(_wgrad_kernel), _cfgs((128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4)), ['KO', 'NO', 'MB'])
 
-# %% ../nbs/03_experts.ipynb #e4d6ea76
+# %% ../nbs/03_experts.ipynb #9fc485a5
 def _mb(n:int)->int: return triton.next_power_of_2(max(n, 1))  # the autotune key's row-count bucket
 
 def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0):
@@ -307,7 +312,7 @@ def _wgrad(a, tok, b, offs, dw, db):
               GATHER=tok is not None, HAS_BIAS=db is not None, MB=_mb(b.shape[0]))
     return dw
 
-# %% ../nbs/03_experts.ipynb #28b6a6f3
+# %% ../nbs/03_experts.ipynb #765f5ee9
 class _ExpertFFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, token_idx, offsets, inv, w1, w2, b1, b2, dt, oai, inter, alpha, limit):
@@ -351,7 +356,7 @@ class _ExpertFFN(torch.autograd.Function):
             dx = _token_sum(dxr, inv, xc.shape[0], xdt)
         return dx, None, None, None, dw1, dw2, db1, db2, None, None, None, None, None
 
-# %% ../nbs/03_experts.ipynb #8ed84dd3
+# %% ../nbs/03_experts.ipynb #6849414b
 def expert_ffn(x:torch.Tensor, # (T, H) tokens (not gathered: the kernel reads x[plan.token_idx])
                plan, # a `dispatch.RoutingPlan`: token_idx (N,), offsets (E+1,) int32, inv (T·k,)
                w1:torch.Tensor, # (E, H, 2I) gate and up projections
