@@ -8,7 +8,7 @@ __all__ = ['EOD_NAMES', 'DIR_SUFFIXES', 'DataError', 'ByteTokenizer', 'HFTokeniz
            'plan_shards', 'cache_dir', 'prepare_data', 'train_bpe', 'TokenDataset', 'split_windows', 'Loader',
            'next_batch', 'val_batches', 'state_dict', 'load_state_dict', 'tokenize_main']
 
-# %% ../nbs/20_data.ipynb #c7c0a5a4
+# %% ../nbs/20_data.ipynb #62b8651c
 import os, sys, json, glob, math, time, fcntl, hashlib, argparse, platform, sysconfig, inspect, warnings
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# %% ../nbs/20_data.ipynb #cce3bfac
+# %% ../nbs/20_data.ipynb #0c2c0a72
 class DataError(ValueError):
     "Bad input data or arguments; the message names the file, field or value."
 
@@ -36,7 +36,7 @@ class ByteTokenizer:
         return eod.join(bytes(d[d != self.eod_id].astype(np.uint8)).decode('utf-8', 'replace') for d in docs)
     def __repr__(self): return f"ByteTokenizer(vocab_size={self.vocab_size}, eod_id={self.eod_id})"
 
-# %% ../nbs/20_data.ipynb #fb21faf6
+# %% ../nbs/20_data.ipynb #fbee8b5e
 EOD_NAMES = ('<|endoftext|>', '</s>', '<|end_of_text|>', '<eos>', '<|eos|>', '<|im_end|>')
 
 class HFTokenizer:
@@ -83,7 +83,7 @@ def load_tokenizer(tok=None): # None or 'bytes': the byte tokenizer; a path: `HF
     if tok is None or tok == 'bytes': return ByteTokenizer()
     return HFTokenizer(tok) if isinstance(tok, (str, Path)) else tok
 
-# %% ../nbs/20_data.ipynb #d02686e4
+# %% ../nbs/20_data.ipynb #233ff8e2
 DIR_SUFFIXES = ('.txt', '.md', '.rst', '.py', '.jsonl', '.parquet')
 
 def list_files(source)->list[str]:
@@ -111,7 +111,7 @@ def file_units(files:list[str], piece:int=64<<20)->list[tuple]:
         out += [(kind, f, s, min(s + piece, n)) for s in range(0, n, piece)] if kind == 'jsonl' and n > piece else [(kind, f, 0, n)]
     return out
 
-# %% ../nbs/20_data.ipynb #44dea191
+# %% ../nbs/20_data.ipynb #0fcf753a
 def _jsonl_docs(path, start, end, field):
     with open(path, 'rb') as f:
         if start: f.seek(start - 1); f.readline()   # the line holding byte start-1 belongs to the previous range
@@ -144,7 +144,7 @@ def read_docs(unit:tuple, # (kind, path, start, end) from `file_units`
         else: raise DataError(f"unit kind {kind!r} unknown")
     except OSError as e: raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
-# %% ../nbs/20_data.ipynb #6c50aee3
+# %% ../nbs/20_data.ipynb #b6cfbd66
 def stdlib_dir()->Path:
     "The running Python's standard library source directory."
     p = Path(sysconfig.get_paths()['stdlib'])
@@ -182,7 +182,7 @@ def corpus_fingerprint(units:list[tuple]|None=None, # units (default: the defaul
     if default: key.append(['python', platform.python_version(), max_mb])
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
-# %% ../nbs/20_data.ipynb #f4a888a6
+# %% ../nbs/20_data.ipynb #14e7004f
 def token_dtype(vocab_size:int)->np.dtype:
     "The smallest unsigned dtype holding ids 0..vocab_size-1."
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
@@ -222,7 +222,7 @@ def plan_shards(units:list[tuple], tok, shard_mb:float=16, text_field:str='text'
     key = lambda g: hashlib.sha256(json.dumps([tok.name, text_field, g]).encode()).hexdigest()[:10]
     return [(f'{i:05d}-{key(g)}', g, sum(u[3] - u[2] for u in g)) for i, g in enumerate(groups)]
 
-# %% ../nbs/20_data.ipynb #9f31b4be
+# %% ../nbs/20_data.ipynb #7aebc802
 def cache_dir()->Path:
     "Per-user cache: $PITHTRAIN_CACHE, else $XDG_CACHE_HOME/pithtrain, else ~/.cache/pithtrain."
     if os.environ.get('PITHTRAIN_CACHE'): return Path(os.environ['PITHTRAIN_CACHE'])
@@ -239,7 +239,7 @@ def _pool(workers:int):
     fork = 'fork' in mp.get_all_start_methods() and not torch.cuda.is_initialized()
     return ProcessPoolExecutor(workers, mp_context=mp.get_context('fork' if fork else 'spawn'))
 
-# %% ../nbs/20_data.ipynb #a24fabc1
+# %% ../nbs/20_data.ipynb #360bd0fe
 def _run_shards(out:Path, todo:list, tok, text_field, workers, progress)->None:
     "Tokenize the `todo` shards, in this process or in `workers` processes, with a progress bar."
     from tqdm import tqdm
@@ -264,7 +264,7 @@ def _run_shards(out:Path, todo:list, tok, text_field, workers, progress)->None:
 def prepare_data(source=None, # files/dirs/globs (str or list); None: the default corpus (Python stdlib)
                  out_dir:str|Path|None=None, # where the shards go; None: cache_dir()/data/<corpus>-<fingerprint>-<tokenizer>
                  tokenizer=None, # None/'bytes', a tokenizer path, or a tokenizer object
-                 workers:int|None=None, # processes (None: the CPUs this process may use)
+                 workers:int|None=None, # processes (None: the usable CPUs; 1 for bytes, where reading files is the whole cost)
                  shard_mb:float=16, # input MB per shard
                  max_mb:float|None=None, # cap on the default corpus (deterministic subset)
                  text_field:str='text', # the text field of .jsonl lines and .parquet rows
@@ -288,7 +288,7 @@ def prepare_data(source=None, # files/dirs/globs (str or list); None: the defaul
         if overwrite: [p.unlink() for p in out.glob('*.bin')]
         todo = [s for s in shards if not (out/f'{s[0]}.bin').is_file()]
         t0 = time.perf_counter()
-        _run_shards(out, todo, tok, text_field, workers or len(getattr(os, 'sched_getaffinity', lambda _: range(os.cpu_count() or 1))(0)), progress)
+        _run_shards(out, todo, tok, text_field, workers or (1 if isinstance(tok, ByteTokenizer) else len(getattr(os, 'sched_getaffinity', lambda _: range(os.cpu_count() or 1))(0))), progress)
         secs, names = time.perf_counter() - t0, {s[0] for s in shards}
         for p in [*out.glob('*.bin'), *out.glob('*.idx.npy')]:   # shards of an earlier, different input
             if p.name.split('.')[0] not in names: p.unlink()
@@ -306,7 +306,7 @@ def prepare_data(source=None, # files/dirs/globs (str or list); None: the defaul
         _atomic_write(meta_p, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return str(out)
 
-# %% ../nbs/20_data.ipynb #cb6b6e6d
+# %% ../nbs/20_data.ipynb #500d4747
 def train_bpe(source=None, # as for `prepare_data`; None: the default corpus
               vocab_size:int=8192, out:str|Path|None=None, # a tokenizer.json path (None: in the cache)
               max_mb:float|None=None, text_field:str='text')->HFTokenizer:
@@ -327,7 +327,7 @@ def train_bpe(source=None, # as for `prepare_data`; None: the default corpus
     _atomic_write(out, lambda f: f.write(tok.to_str().encode()))
     return HFTokenizer(out)
 
-# %% ../nbs/20_data.ipynb #6c69164d
+# %% ../nbs/20_data.ipynb #c5a899b7
 class TokenDataset:
     "A prepared dataset directory read as one token stream through per-shard memmaps."
     def __init__(self, path:str|Path):
@@ -359,7 +359,7 @@ class TokenDataset:
         return np.r_[np.concatenate([o + b for o, b in zip(offs, self.starts)]), self.n_tokens].astype(np.int64)
     def __repr__(self): return f"TokenDataset({str(self.path)!r}, {self.n_tokens:,} tokens, {len(self.shards)} shards, {self.meta['tokenizer']})"
 
-# %% ../nbs/20_data.ipynb #4a2e0766
+# %% ../nbs/20_data.ipynb #45a6ce35
 def split_windows(n:int, val_frac:float, block:int=32, seed:int=1234)->tuple[np.ndarray, np.ndarray]:
     "(train, val) window indices: `val_frac` of `n` windows held out in fixed-seed blocks of `block`."
     if val_frac <= 0 or n < 2: return np.arange(n), np.arange(0)
@@ -369,7 +369,7 @@ def split_windows(n:int, val_frac:float, block:int=32, seed:int=1234)->tuple[np.
     mask = np.ones(n, bool); mask[val] = False
     return np.flatnonzero(mask), val
 
-# %% ../nbs/20_data.ipynb #c0013e5f
+# %% ../nbs/20_data.ipynb #096d3d65
 class Loader:
     "Batches of (input_ids, labels) (B, seq_len) int64 windows: seeded shuffle, resumable, sharded by rank."
     def __init__(self, path, # a dataset dir, a list of them, or {dir: weight} for a mixture
@@ -403,7 +403,7 @@ class Loader:
             raise DataError(f"validation split has {sum(map(len, self.val_idx))} windows for {world_size} ranks: raise val_frac or use more data")
         self.step, self.cursors, self._perms = 0, [0] * len(self.ds), {}
 
-# %% ../nbs/20_data.ipynb #69dece9d
+# %% ../nbs/20_data.ipynb #fe3002ba
 @torch.no_grad()
 def _collate(self, picks)->tuple[torch.Tensor, torch.Tensor]:
     "Read windows [(dataset, window), ...] into (input_ids, labels)."
@@ -455,7 +455,7 @@ def _len(self)->int:
 
 Loader._collate, Loader._window, Loader._next_picks, Loader.next_batch, Loader._val_picks, Loader.val_batches, Loader.__iter__, Loader.__len__ = _collate, _window, _next_picks, next_batch, _val_picks, val_batches, _iter, _len
 
-# %% ../nbs/20_data.ipynb #a4025261
+# %% ../nbs/20_data.ipynb #e070bfdf
 def _ds_keys(self)->list: return [[d.meta['fingerprint'], d.meta['tokenizer'], d.n_tokens] for d in self.ds]
 
 def state_dict(self)->dict:
@@ -471,7 +471,7 @@ def load_state_dict(self, sd:dict):
 
 Loader.state_dict, Loader.load_state_dict = state_dict, load_state_dict
 
-# %% ../nbs/20_data.ipynb #a90e375d
+# %% ../nbs/20_data.ipynb #64619e5a
 def tokenize_main(argv:list[str]|None=None)->str:
     "`pithtrain tokenize [SOURCE ...]`: tokenize files (or the default corpus) into a dataset dir; print and return it."
     ap = argparse.ArgumentParser(prog='pithtrain tokenize', description='Tokenize a corpus into packed token shards (resumable).')
@@ -479,7 +479,7 @@ def tokenize_main(argv:list[str]|None=None)->str:
     ap.add_argument('--out', help='dataset directory (default: in the cache, keyed by corpus and tokenizer)')
     ap.add_argument('--tokenizer', default='bytes', help="'bytes' or a local tokenizer.json / tokenizer directory")
     ap.add_argument('--train-bpe', type=int, metavar='VOCAB', help='train a byte-level BPE of this size on the corpus first and use it')
-    ap.add_argument('--workers', type=int, help='processes (default: all CPUs)')
+    ap.add_argument('--workers', type=int, help='processes (default: all CPUs; 1 for bytes)')
     ap.add_argument('--shard-mb', type=float, default=16, help='input MB per shard (default 16)')
     ap.add_argument('--max-mb', type=float, help='cap on the default corpus (a deterministic subset)')
     ap.add_argument('--text-field', default='text', help='text field of .jsonl lines / .parquet rows')
