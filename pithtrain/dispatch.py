@@ -6,13 +6,13 @@
 __all__ = ['RoutingPlan', 'make_plan_torch', 'make_plan_triton', 'make_plan', 'gather_torch', 'combine_torch', 'gather',
            'combine']
 
-# %% ../nbs/02_dispatch.ipynb #311bf49b
+# %% ../nbs/02_dispatch.ipynb #98705a6d
 from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
 
-# %% ../nbs/02_dispatch.ipynb #5ae200cd
+# %% ../nbs/02_dispatch.ipynb #64b51679
 class RoutingPlan(NamedTuple):
     "Where each (token, expert) pair goes: rows grouped by expert, stable in token order."
     order: torch.Tensor      # (N,) int64: flattened pair t·k+j at each plan row (-1 for padding)
@@ -23,7 +23,7 @@ class RoutingPlan(NamedTuple):
     valid: torch.Tensor|None = None  # (N,) bool, False on padding rows; None when no row is padding
     top_k: int = 1           # k, the pairs per token
 
-# %% ../nbs/02_dispatch.ipynb #4b385d73
+# %% ../nbs/02_dispatch.ipynb #7ff0d0d5
 def _check_ids(ids, n_experts, pad_to, debug):
     "Validate `make_plan`'s arguments; the value check syncs, so on CUDA it runs only with `debug`."
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2: raise ValueError(f"ids must be a (T, k) tensor, got {getattr(ids, 'shape', type(ids))}")
@@ -34,12 +34,12 @@ def _check_ids(ids, n_experts, pad_to, debug):
         lo, hi = ids.min().item(), ids.max().item()
         if lo < 0 or hi >= n_experts: raise ValueError(f"expert id out of range: ids must lie in [0, n_experts={n_experts}), got min {lo}, max {hi}")
 
-# %% ../nbs/02_dispatch.ipynb #1a18ae54
+# %% ../nbs/02_dispatch.ipynb #3817c465
 def _plan_rows(sorted_e, counts, pad_to):
     "Padded offsets and the plan row of each sorted pair, from the sorted expert ids and counts."
     E, M = counts.numel(), sorted_e.numel()
     start = torch.cumsum(counts, 0) - counts                        # unpadded group starts
-    padded = (counts + pad_to - 1) // pad_to * pad_to
+    padded = counts if pad_to == 1 else (counts + pad_to - 1) // pad_to * pad_to
     offsets = torch.zeros(E + 1, dtype=torch.int64, device=counts.device)
     offsets[1:] = torch.cumsum(padded, 0)
     rank = torch.arange(M, device=counts.device) - start[sorted_e]
@@ -68,7 +68,7 @@ def make_plan_torch(ids:torch.Tensor, # (T, k) expert ids
     offsets, rows = _plan_rows(sorted_e, counts, pad_to)
     return _finish_plan(order, rows, offsets, counts, flat.numel(), k, pad_to)
 
-# %% ../nbs/02_dispatch.ipynb #50e1386f
+# %% ../nbs/02_dispatch.ipynb #6586c2c8
 @triton.jit
 def _hist_kernel(ids_ptr, hist_ptr, M, E, BLOCK: tl.constexpr, EP: tl.constexpr):
     "hist[b, e] = number of pairs with expert e in block b."
@@ -94,7 +94,7 @@ def _place_kernel(ids_ptr, base_ptr, order_ptr, tok_ptr, inv_ptr, M, E, K, BLOCK
     tl.store(order_ptr + row, i, mask=m)
     tl.store(tok_ptr + row, i // K, mask=m)
 
-# %% ../nbs/02_dispatch.ipynb #aff46bc3
+# %% ../nbs/02_dispatch.ipynb #87f2134d
 _PLAN_BLOCK = 128
 
 def make_plan_triton(ids:torch.Tensor, # (T, k) expert ids
@@ -109,7 +109,7 @@ def make_plan_triton(ids:torch.Tensor, # (T, k) expert ids
     hist = torch.zeros(nb, E, dtype=torch.int32, device=dev)
     if M: _hist_kernel[(nb,)](flat, hist, M, E, BLOCK=B, EP=triton.next_power_of_2(E))
     counts = hist.sum(0, dtype=torch.int64)
-    padded = (counts + pad_to - 1) // pad_to * pad_to
+    padded = counts if pad_to == 1 else (counts + pad_to - 1) // pad_to * pad_to
     offsets = torch.zeros(E + 1, dtype=torch.int64, device=dev)
     offsets[1:] = torch.cumsum(padded, 0)
     base = (offsets[:-1][None, :] + torch.cumsum(hist, 0, dtype=torch.int64) - hist).contiguous()
@@ -121,7 +121,7 @@ def make_plan_triton(ids:torch.Tensor, # (T, k) expert ids
     valid = order >= 0 if pad_to > 1 else None
     return RoutingPlan(order, token_idx, offsets.to(torch.int32), counts.to(torch.int32), inv, valid, k)
 
-# %% ../nbs/02_dispatch.ipynb #6cceb375
+# %% ../nbs/02_dispatch.ipynb #e6774e7c
 def _pick(t:torch.Tensor, use_triton:bool|None)->bool:
     "Triton when asked, else for CUDA tensors."
     return t.is_cuda if use_triton is None else use_triton
@@ -136,7 +136,7 @@ def make_plan(ids:torch.Tensor,            # (T, k) int64 expert ids
     _check_ids(ids, n_experts, pad_to, debug)
     return (make_plan_triton if _pick(ids, use_triton) else make_plan_torch)(ids, n_experts, pad_to)
 
-# %% ../nbs/02_dispatch.ipynb #b9ea34d8
+# %% ../nbs/02_dispatch.ipynb #f2991845
 def _check_gather(x, plan):
     if x.dim() != 2: raise ValueError(f"x must be (T, H), got shape {tuple(x.shape)}")
     if x.shape[0] * plan.top_k != plan.inv.numel():
@@ -161,7 +161,7 @@ def combine_torch(rows:torch.Tensor, weights:torch.Tensor, plan:RoutingPlan)->to
     w = torch.where(ok, weights.reshape(-1).float(), 0)
     return (r * w[:, None]).view(T, k, rows.shape[1]).sum(1).to(rows.dtype)
 
-# %% ../nbs/02_dispatch.ipynb #663adee8
+# %% ../nbs/02_dispatch.ipynb #80973824
 @triton.jit
 def _gather_kernel(x_ptr, tok_ptr, order_ptr, out_ptr, N, H,
                    HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
@@ -207,7 +207,7 @@ def _combine_bwd_kernel(dout_ptr, rows_ptr, w_ptr, inv_ptr, drows_ptr, dw_ptr, H
             dot += tl.sum(v * g[None, :], axis=1)
     if NEED_DW: tl.store(dw_ptr + t * K + j, dot, mask=j < K)
 
-# %% ../nbs/02_dispatch.ipynb #55994c9a
+# %% ../nbs/02_dispatch.ipynb #2f2eec27
 def _bh(H): return min(triton.next_power_of_2(max(H, 1)), 1024)
 
 def _gather_fwd(x, tok, order):
@@ -254,7 +254,7 @@ class _Combine(torch.autograd.Function):
         elif need_dw: dw.zero_()
         return drows, (dw.to(weights.dtype) if need_dw else None), None, None
 
-# %% ../nbs/02_dispatch.ipynb #4db01df9
+# %% ../nbs/02_dispatch.ipynb #df6c4c86
 def gather(x:torch.Tensor,               # (T, H) token rows
            plan:RoutingPlan,             # from `make_plan`
            use_triton:bool|None=None     # None: Triton on CUDA, torch elsewhere
