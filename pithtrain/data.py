@@ -6,9 +6,9 @@
 __all__ = ['EOD_NAMES', 'DIR_SUFFIXES', 'DataError', 'ByteTokenizer', 'HFTokenizer', 'load_tokenizer', 'list_files', 'file_units',
            'read_docs', 'stdlib_dir', 'default_corpus', 'corpus_fingerprint', 'token_dtype', 'tokenize_shard',
            'plan_shards', 'cache_dir', 'prepare_data', 'train_bpe', 'TokenDataset', 'split_windows', 'Loader',
-           'next_batch', 'val_batches', 'state_dict', 'load_state_dict', 'tokenize_main']
+           'tokenize_main']
 
-# %% ../nbs/20_data.ipynb #62b8651c
+# %% ../nbs/20_data.ipynb #563e39cf
 import os, sys, json, glob, math, time, fcntl, hashlib, argparse, platform, sysconfig, inspect, warnings
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# %% ../nbs/20_data.ipynb #0c2c0a72
+# %% ../nbs/20_data.ipynb #9b6da5a2
 class DataError(ValueError):
     "Bad input data or arguments; the message names the file, field or value."
 
@@ -36,7 +36,7 @@ class ByteTokenizer:
         return eod.join(bytes(d[d != self.eod_id].astype(np.uint8)).decode('utf-8', 'replace') for d in docs)
     def __repr__(self): return f"ByteTokenizer(vocab_size={self.vocab_size}, eod_id={self.eod_id})"
 
-# %% ../nbs/20_data.ipynb #fbee8b5e
+# %% ../nbs/20_data.ipynb #ddf94366
 EOD_NAMES = ('<|endoftext|>', '</s>', '<|end_of_text|>', '<eos>', '<|eos|>', '<|im_end|>')
 
 class HFTokenizer:
@@ -83,7 +83,7 @@ def load_tokenizer(tok=None): # None or 'bytes': the byte tokenizer; a path: `HF
     if tok is None or tok == 'bytes': return ByteTokenizer()
     return HFTokenizer(tok) if isinstance(tok, (str, Path)) else tok
 
-# %% ../nbs/20_data.ipynb #233ff8e2
+# %% ../nbs/20_data.ipynb #37534bba
 DIR_SUFFIXES = ('.txt', '.md', '.rst', '.py', '.jsonl', '.parquet')
 
 def list_files(source)->list[str]:
@@ -111,7 +111,7 @@ def file_units(files:list[str], piece:int=64<<20)->list[tuple]:
         out += [(kind, f, s, min(s + piece, n)) for s in range(0, n, piece)] if kind == 'jsonl' and n > piece else [(kind, f, 0, n)]
     return out
 
-# %% ../nbs/20_data.ipynb #0fcf753a
+# %% ../nbs/20_data.ipynb #c8163537
 def _jsonl_docs(path, start, end, field):
     with open(path, 'rb') as f:
         if start: f.seek(start - 1); f.readline()   # the line holding byte start-1 belongs to the previous range
@@ -144,7 +144,7 @@ def read_docs(unit:tuple, # (kind, path, start, end) from `file_units`
         else: raise DataError(f"unit kind {kind!r} unknown")
     except OSError as e: raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
-# %% ../nbs/20_data.ipynb #b6cfbd66
+# %% ../nbs/20_data.ipynb #9ccc5659
 def stdlib_dir()->Path:
     "The running Python's standard library source directory."
     p = Path(sysconfig.get_paths()['stdlib'])
@@ -182,7 +182,7 @@ def corpus_fingerprint(units:list[tuple]|None=None, # units (default: the defaul
     if default: key.append(['python', platform.python_version(), max_mb])
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
-# %% ../nbs/20_data.ipynb #14e7004f
+# %% ../nbs/20_data.ipynb #4f9841df
 def token_dtype(vocab_size:int)->np.dtype:
     "The smallest unsigned dtype holding ids 0..vocab_size-1."
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
@@ -222,7 +222,7 @@ def plan_shards(units:list[tuple], tok, shard_mb:float=16, text_field:str='text'
     key = lambda g: hashlib.sha256(json.dumps([tok.name, text_field, g]).encode()).hexdigest()[:10]
     return [(f'{i:05d}-{key(g)}', g, sum(u[3] - u[2] for u in g)) for i, g in enumerate(groups)]
 
-# %% ../nbs/20_data.ipynb #7aebc802
+# %% ../nbs/20_data.ipynb #7b6f8b7c
 def cache_dir()->Path:
     "Per-user cache: $PITHTRAIN_CACHE, else $XDG_CACHE_HOME/pithtrain, else ~/.cache/pithtrain."
     if os.environ.get('PITHTRAIN_CACHE'): return Path(os.environ['PITHTRAIN_CACHE'])
@@ -239,7 +239,7 @@ def _pool(workers:int):
     fork = 'fork' in mp.get_all_start_methods() and not torch.cuda.is_initialized()
     return ProcessPoolExecutor(workers, mp_context=mp.get_context('fork' if fork else 'spawn'))
 
-# %% ../nbs/20_data.ipynb #360bd0fe
+# %% ../nbs/20_data.ipynb #3d47024e
 def _run_shards(out:Path, todo:list, tok, text_field, workers, progress)->None:
     "Tokenize the `todo` shards, in this process or in `workers` processes, with a progress bar."
     from tqdm import tqdm
@@ -306,7 +306,7 @@ def prepare_data(source=None, # files/dirs/globs (str or list); None: the defaul
         _atomic_write(meta_p, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return str(out)
 
-# %% ../nbs/20_data.ipynb #500d4747
+# %% ../nbs/20_data.ipynb #74cd73ce
 def train_bpe(source=None, # as for `prepare_data`; None: the default corpus
               vocab_size:int=8192, out:str|Path|None=None, # a tokenizer.json path (None: in the cache)
               max_mb:float|None=None, text_field:str='text')->HFTokenizer:
@@ -327,7 +327,7 @@ def train_bpe(source=None, # as for `prepare_data`; None: the default corpus
     _atomic_write(out, lambda f: f.write(tok.to_str().encode()))
     return HFTokenizer(out)
 
-# %% ../nbs/20_data.ipynb #c5a899b7
+# %% ../nbs/20_data.ipynb #68f78908
 class TokenDataset:
     "A prepared dataset directory read as one token stream through per-shard memmaps."
     def __init__(self, path:str|Path):
@@ -359,7 +359,7 @@ class TokenDataset:
         return np.r_[np.concatenate([o + b for o, b in zip(offs, self.starts)]), self.n_tokens].astype(np.int64)
     def __repr__(self): return f"TokenDataset({str(self.path)!r}, {self.n_tokens:,} tokens, {len(self.shards)} shards, {self.meta['tokenizer']})"
 
-# %% ../nbs/20_data.ipynb #45a6ce35
+# %% ../nbs/20_data.ipynb #adc37c2f
 def split_windows(n:int, val_frac:float, block:int=32, seed:int=1234)->tuple[np.ndarray, np.ndarray]:
     "(train, val) window indices: `val_frac` of `n` windows held out in fixed-seed blocks of `block`."
     if val_frac <= 0 or n < 2: return np.arange(n), np.arange(0)
@@ -369,7 +369,7 @@ def split_windows(n:int, val_frac:float, block:int=32, seed:int=1234)->tuple[np.
     mask = np.ones(n, bool); mask[val] = False
     return np.flatnonzero(mask), val
 
-# %% ../nbs/20_data.ipynb #096d3d65
+# %% ../nbs/20_data.ipynb #b4a59adc
 class Loader:
     "Batches of (input_ids, labels) (B, seq_len) int64 windows: seeded shuffle, resumable, sharded by rank."
     def __init__(self, path, # a dataset dir, a list of them, or {dir: weight} for a mixture
@@ -403,7 +403,7 @@ class Loader:
             raise DataError(f"validation split has {sum(map(len, self.val_idx))} windows for {world_size} ranks: raise val_frac or use more data")
         self.step, self.cursors, self._perms = 0, [0] * len(self.ds), {}
 
-# %% ../nbs/20_data.ipynb #fe3002ba
+# %% ../nbs/20_data.ipynb #fae4dce7
 @torch.no_grad()
 def _collate(self, picks)->tuple[torch.Tensor, torch.Tensor]:
     "Read windows [(dataset, window), ...] into (input_ids, labels)."
@@ -430,7 +430,7 @@ def _next_picks(self)->list:
     self.step += 1
     return picks
 
-def next_batch(self)->tuple[torch.Tensor, torch.Tensor]:
+def _next_batch(self)->tuple[torch.Tensor, torch.Tensor]:
     "This rank's next training batch (input_ids, labels); advances the state."
     return self._collate(self._next_picks())
 
@@ -439,7 +439,7 @@ def _val_picks(self)->list:
     rows = [(i, int(w)) for i, v in enumerate(self.val_idx) for w in v]
     return rows[self.rank:len(rows) - len(rows) % self.world_size:self.world_size]
 
-def val_batches(self):
+def _val_batches(self):
     "This rank's validation batches, one pass in order."
     mine = self._val_picks()
     for a in range(0, len(mine), self.batch_size): yield self._collate(mine[a:a + self.batch_size])
@@ -453,25 +453,26 @@ def _len(self)->int:
     if self.split == 'train': return sum(map(len, self.train_idx)) // (self.batch_size * self.world_size)
     return math.ceil((sum(map(len, self.val_idx)) // self.world_size) / self.batch_size)
 
-Loader._collate, Loader._window, Loader._next_picks, Loader.next_batch, Loader._val_picks, Loader.val_batches, Loader.__iter__, Loader.__len__ = _collate, _window, _next_picks, next_batch, _val_picks, val_batches, _iter, _len
+Loader._collate, Loader._window, Loader._next_picks, Loader.next_batch, Loader._val_picks, Loader.val_batches, Loader.__iter__, Loader.__len__ = \
+    _collate, _window, _next_picks, _next_batch, _val_picks, _val_batches, _iter, _len
 
-# %% ../nbs/20_data.ipynb #e070bfdf
+# %% ../nbs/20_data.ipynb #1beca0a7
 def _ds_keys(self)->list: return [[d.meta['fingerprint'], d.meta['tokenizer'], d.n_tokens] for d in self.ds]
 
-def state_dict(self)->dict:
+def _state_dict(self)->dict:
     "Everything needed to continue with the next unseen batch."
     return dict(step=self.step, cursors=list(self.cursors), seed=self.seed, seq_len=self.seq_len, datasets=_ds_keys(self),
                 weights=self.p.tolist(), epochs=[c // len(t) for c, t in zip(self.cursors, self.train_idx)])
 
-def load_state_dict(self, sd:dict):
+def _load_state_dict(self, sd:dict):
     "Continue from `sd` (taken from a loader over the same data and seq_len)."
     for k, have in (('seq_len', self.seq_len), ('datasets', _ds_keys(self)), ('weights', self.p.tolist())):
         if sd[k] != have: raise DataError(f"loader state has {k}={sd[k]!r} but this loader has {have!r}: it belongs to other data")
     self.step, self.cursors, self.seed, self._perms = sd['step'], list(sd['cursors']), sd['seed'], {}
 
-Loader.state_dict, Loader.load_state_dict = state_dict, load_state_dict
+Loader.state_dict, Loader.load_state_dict = _state_dict, _load_state_dict
 
-# %% ../nbs/20_data.ipynb #64619e5a
+# %% ../nbs/20_data.ipynb #75997df8
 def tokenize_main(argv:list[str]|None=None)->str:
     "`pithtrain tokenize [SOURCE ...]`: tokenize files (or the default corpus) into a dataset dir; print and return it."
     ap = argparse.ArgumentParser(prog='pithtrain tokenize', description='Tokenize a corpus into packed token shards (resumable).')
