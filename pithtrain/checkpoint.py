@@ -7,14 +7,14 @@ __all__ = ['STEP_RE', 'rng_state', 'set_rng_state', 'CheckpointError', 'write_st
            'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'StopSignal', 'export_hf', 'is_hf_checkpoint',
            'init_from']
 
-# %% ../nbs/22_checkpoint.ipynb #c723c3db
+# %% ../nbs/22_checkpoint.ipynb #9418f7ca
 import json, os, random, re, shutil, signal, time, uuid
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
 
-# %% ../nbs/22_checkpoint.ipynb #2279acdd
+# %% ../nbs/22_checkpoint.ipynb #edbc40ee
 def rng_state()->dict:
     "The states of python's, numpy's, torch's CPU and every CUDA generator."
     st = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
@@ -26,7 +26,7 @@ def set_rng_state(st:dict):
     random.setstate(st['python']); np.random.set_state(st['numpy']); torch.set_rng_state(st['torch'])
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
-# %% ../nbs/22_checkpoint.ipynb #8b3b895d
+# %% ../nbs/22_checkpoint.ipynb #9c8e3c0d
 class CheckpointError(RuntimeError):
     "A checkpoint is missing, incomplete or does not fit what loads it."
 
@@ -56,7 +56,7 @@ def read_state(path:Path, map_location='cpu', train:bool=True)->tuple:
         tsd = torch.load(path/'train_state.pt', map_location=map_location, weights_only=False)  # holds numpy RNG state
     return model_sd, tsd, meta
 
-# %% ../nbs/22_checkpoint.ipynb #7af7c021
+# %% ../nbs/22_checkpoint.ipynb #66c3c3a9
 STEP_RE = re.compile(r'^step_(\d+)$')
 
 def list_checkpoints(ckpt_dir:str|Path)->list:
@@ -116,7 +116,7 @@ def load_checkpoint(path:str|Path,      # a checkpoint directory, or a directory
         if restore_rng: set_rng_state(tsd['rng'])
     return {**meta, 'path': str(path)}
 
-# %% ../nbs/22_checkpoint.ipynb #9d4aea02
+# %% ../nbs/22_checkpoint.ipynb #d9320b4b
 class StopSignal:
     "Context manager: SIGTERM/SIGINT set `.signum` (checked by the loop between steps) instead of killing."
     def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)): self.signals, self.signum, self._old = signals, None, {}
@@ -133,11 +133,9 @@ class StopSignal:
     @property
     def name(self)->str: return signal.Signals(self.signum).name if self.signum else ''
 
-# %% ../nbs/22_checkpoint.ipynb #d4be9bdc
-def _hf_api(model:nn.Module):
-    if not (hasattr(model, 'hf_key_map') and hasattr(model, 'to_hf_config')):
-        raise CheckpointError(f"{type(model).__name__} has no HF key map (methods hf_key_map/to_hf_config): it cannot be converted")
-    return model.hf_key_map(), model.to_hf_config()
+# %% ../nbs/22_checkpoint.ipynb #b31c0cd3
+def _need_hf(obj, method:str):
+    if not hasattr(obj, method): raise CheckpointError(f"{getattr(obj, '__name__', type(obj).__name__)} has no `{method}` (no HF key map): it cannot be converted")
 
 def export_hf(ckpt:str|Path,         # a training checkpoint (or a directory of them: the latest)
               model:nn.Module,       # a model of the checkpoint's config (its weights are replaced)
@@ -145,10 +143,10 @@ def export_hf(ckpt:str|Path,         # a training checkpoint (or a directory of 
               dtype:torch.dtype|None=torch.bfloat16 # tensor dtype in the files (None: as trained, fp32)
              )->Path:
     "Write the weights of a training checkpoint as a HF safetensors checkpoint; return its path."
-    from pithtrain.checkpoint_hf import save_hf
-    km, cfg = _hf_api(model)
+    _need_hf(model, 'save_hf')
     load_checkpoint(ckpt, model, restore_rng=False)
-    return save_hf(model, out, km, cfg, dtype=dtype)
+    model.save_hf(out, dtype=dtype)
+    return Path(out)
 
 def is_hf_checkpoint(path:str|Path)->bool:
     "Whether `path` is a HF checkpoint directory (config.json + safetensors)."
@@ -157,7 +155,12 @@ def is_hf_checkpoint(path:str|Path)->bool:
 
 def init_from(model:nn.Module, path:str|Path)->str:
     "Load weights only, from a HF directory or a pithtrain checkpoint (for fine-tuning); return which kind."
-    if is_hf_checkpoint(path):
-        from pithtrain.checkpoint_hf import load_hf
-        load_hf(model, path, _hf_api(model)[0]); return 'hf'
-    load_checkpoint(path, model, restore_rng=False); return 'pithtrain'
+    if not is_hf_checkpoint(path):
+        load_checkpoint(path, model, restore_rng=False); return 'pithtrain'
+    _need_hf(type(model), 'from_hf')
+    src = type(model).from_hf(path).state_dict()
+    for k, t in model.state_dict().items():
+        if k in src and src[k].shape != t.shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(src[k].shape)} but the model has {tuple(t.shape)}: build the model from the HF config")
+    model.load_state_dict(src)
+    return 'hf'
