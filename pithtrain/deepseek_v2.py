@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PRESETS', 'DeepseekV2Config', 'DeepseekV2Block', 'DeepseekV2', 'from_hf_config', 'to_hf_config', 'hf_key_map']
 
-# %% ../nbs/12_deepseek_v2.ipynb #c5044e8c
+# %% ../nbs/12_deepseek_v2.ipynb #2bd995c2
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ from .router import RouterConfig
 from .moe import MoE, ModelOutput, lm_output, param_counts
 from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, read_hf_config, check_architecture, load_hf, save_hf
 
-# %% ../nbs/12_deepseek_v2.ipynb #714c006e
+# %% ../nbs/12_deepseek_v2.ipynb #cc466928
 def _pos(v): return v > 0
 
 @dataclass
@@ -82,7 +82,7 @@ class DeepseekV2Config(Config):
         group = self.topk_method == 'group_limited_greedy'
         base = dict(n_experts=self.n_routed_experts, top_k=self.num_experts_per_tok, score='softmax',
                     norm_topk_prob=self.norm_topk_prob, routed_scaling_factor=self.routed_scaling_factor,
-                    group_limited='v2' if group else None, n_group=self.n_group if group else 1,
+                    group_score='max', n_group=self.n_group if group else 1,
                     topk_group=self.topk_group if group else 1, seq_aux_loss_coef=self.aux_loss_alpha)
         return RouterConfig(**{**base, **(self.router_options or {})})
 
@@ -92,7 +92,7 @@ class DeepseekV2Config(Config):
         if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
-# %% ../nbs/12_deepseek_v2.ipynb #acec2ab3
+# %% ../nbs/12_deepseek_v2.ipynb #5ecb760c
 class DeepseekV2Block(nn.Module):
     "Pre-norm multi-head latent attention, then pre-norm MoE with shared experts (or a dense SwiGLU MLP)."
     def __init__(self, c:DeepseekV2Config, i:int):
@@ -114,7 +114,7 @@ class DeepseekV2Block(nn.Module):
             return x + y, r
         return x + self.mlp(h), None
 
-# %% ../nbs/12_deepseek_v2.ipynb #897b0afa
+# %% ../nbs/12_deepseek_v2.ipynb #b6bbaa39
 class DeepseekV2(nn.Module):
     "DeepSeek-V2 causal LM: `model(input_ids, labels=None) -> ModelOutput`."
     def __init__(self, cfg:DeepseekV2Config):
@@ -167,7 +167,7 @@ class DeepseekV2(nn.Module):
                   else 3 * H * c.intermediate_size for i in range(L))
         return 6 * (L * attn + ffn + H * c.vocab_size) + 3 * L * nh * (c.qk_head_dim + c.v_head_dim) * seq_len
 
-# %% ../nbs/12_deepseek_v2.ipynb #ec0f8e82
+# %% ../nbs/12_deepseek_v2.ipynb #200f8eb5
 PRESETS = {
     'tiny': dict(vocab_size=257, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
                  num_attention_heads=4, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
@@ -179,7 +179,7 @@ PRESETS = {
                                                beta_slow=1, mscale=0.707, mscale_all_dim=0.707)),
 }
 
-# %% ../nbs/12_deepseek_v2.ipynb #cc7070f4
+# %% ../nbs/12_deepseek_v2.ipynb #00ce5cad
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', 'auto_map', '_name_or_path', 'pretraining_tp', 'ep_size', 'head_dim', 'qk_head_dim',
             'seq_aux', 'rope_parameters', 'hidden_act', 'attention_dropout', 'mlp_bias', 'scoring_func', 'moe_layer_freq',
