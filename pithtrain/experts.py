@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['ACTS', 'split_gate_up', 'swiglu', 'expert_ffn_reference', 'expert_ffn_grouped_mm', 'expert_ffn']
 
-# %% ../nbs/03_experts.ipynb #33eba360
+# %% ../nbs/03_experts.ipynb #3b109add
 import os
 import torch, torch.nn.functional as F
 import triton, triton.language as tl
 
-# %% ../nbs/03_experts.ipynb #a3a58582
+# %% ../nbs/03_experts.ipynb #45643b61
 ACTS = ('swiglu', 'swiglu_oai')
 
 def split_gate_up(gu:torch.Tensor, interleaved:bool=False):
@@ -25,7 +25,7 @@ def swiglu(gu:torch.Tensor, # (..., 2I) gate and up pre-activations
     g, u = g.clamp(max=limit), u.clamp(-limit, limit)
     return (u + 1) * g * torch.sigmoid(alpha * g)
 
-# %% ../nbs/03_experts.ipynb #57de9e32
+# %% ../nbs/03_experts.ipynb #fbbd863e
 def _check(x, plan, w1, w2, b1, b2, act):
     "Validate shapes and options; return (E, H, I)."
     if act not in ACTS: raise ValueError(f"act={act!r} is not supported; choose one of {ACTS}")
@@ -46,7 +46,7 @@ def _compute_dtype(x:torch.Tensor)->torch.dtype:
     dt = x.device.type
     return torch.get_autocast_dtype(dt) if torch.is_autocast_enabled(dt) else x.dtype
 
-# %% ../nbs/03_experts.ipynb #9985df40
+# %% ../nbs/03_experts.ipynb #ddfa5657
 def expert_ffn_reference(x:torch.Tensor, # (T, H) tokens
                          plan, # a `dispatch.RoutingPlan` (token_idx, offsets, inv)
                          w1:torch.Tensor, # (E, H, 2I) gate and up projections
@@ -68,7 +68,7 @@ def expert_ffn_reference(x:torch.Tensor, # (T, H) tokens
         out.append(y + b2[e].float() if b2 is not None else y)
     return torch.cat(out) if out else xs.new_zeros(0, H)
 
-# %% ../nbs/03_experts.ipynb #9f68ae7a
+# %% ../nbs/03_experts.ipynb #da8d92a2
 def _grouped_mm(a:torch.Tensor, b:torch.Tensor, offsets:torch.Tensor)->torch.Tensor:
     "Rows of `a` grouped by `offsets` (E+1,) times `b[e]`: torch's grouped_mm, else a loop (syncs)."
     try: return torch._grouped_mm(a, b, offs=offsets[1:])
@@ -93,7 +93,7 @@ def expert_ffn_grouped_mm(x, plan, w1, w2, b1=None, b2=None, act='swiglu', alpha
     y = _grouped_mm(swiglu(gu, act, alpha, limit, interleaved), w2.to(dt), plan.offsets)
     return y + b2.to(dt)[ex] if b2 is not None else y
 
-# %% ../nbs/03_experts.ipynb #8ecc2010
+# %% ../nbs/03_experts.ipynb #cacbea65
 @triton.jit
 def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
     "Row tile `pid_m` -> (expert, first row, end of that expert's rows); first >= end means no work."
@@ -108,7 +108,7 @@ def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
     row0 = tl.sum(tl.where(here, lo, 0), 0) + (pid_m - first) * BM
     return e, row0, tl.sum(tl.where(here, hi, 0), 0)
 
-# %% ../nbs/03_experts.ipynb #9a03248e
+# %% ../nbs/03_experts.ipynb #4c90bf00
 @triton.jit
 def _act_fwd(g, u, alpha, limit, OAI:tl.constexpr):
     "SwiGLU (or GPT-OSS's clamped form) of fp32 gate and up tiles."
@@ -131,7 +131,7 @@ def _act_bwd(dh, g, u, alpha, limit, OAI:tl.constexpr):
     s = tl.sigmoid(g)
     return dh * u * s * (1 + g * (1 - s)), dh * g * s
 
-# %% ../nbs/03_experts.ipynb #fa854a9b
+# %% ../nbs/03_experts.ipynb #acc10d95
 @triton.jit
 def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
                 sa_m, sa_k, sw_e, sw_k, sw_n, sc_m, sc_n, sx_m, sx_n, alpha, limit,
@@ -206,7 +206,7 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
             tl.store(cm + sg[None, :] * sc_n, dg.to(c.dtype.element_ty), mask=omask)
             tl.store(cm + su[None, :] * sc_n, du.to(c.dtype.element_ty), mask=omask)
 
-# %% ../nbs/03_experts.ipynb #4b4da1b2
+# %% ../nbs/03_experts.ipynb #9eaba02f
 @triton.jit
 def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
                   GATHER:tl.constexpr, HAS_BIAS:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr,
@@ -236,7 +236,7 @@ def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e,
     tl.store(dwe + rk[:, None] * sw_k + rn[None, :] * sw_n, acc.to(dw.dtype.element_ty), mask=(rk < KO)[:, None] & nmask[None, :])
     if HAS_BIAS: tl.store(db + e * NO + rn, dbacc.to(db.dtype.element_ty), mask=nmask & (pm == 0))
 
-# %% ../nbs/03_experts.ipynb #dc9b8430
+# %% ../nbs/03_experts.ipynb #a4d3d21d
 @triton.jit
 def _token_sum_kernel(rows, inv, wts, out, H, k, sr, so, BH:tl.constexpr, HAS_W:tl.constexpr):
     "out[t] = Σ_j (wts[t, j] ·) rows[inv[t·k + j]] in fp32."
@@ -265,7 +265,7 @@ def _token_sum(rows:torch.Tensor, # (N, H) plan rows
                                               BH=BH, HAS_W=weights is not None)
     return out
 
-# %% ../nbs/03_experts.ipynb #b2e9d315
+# %% ../nbs/03_experts.ipynb #05fe8dfb
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 _AUTOTUNE = os.environ.get('PITHTRAIN_AUTOTUNE', '1') == '1' and not _INTERPRET
 
@@ -288,7 +288,7 @@ _mm = _tuned(_even_k(_gmm_kernel), _cfgs((128, 256, 64, 8, 3), (128, 128, 64, 8,
 _dh = _tuned(_even_k(_gmm_kernel), _cfgs((128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4)), _KEY)
 _wg = _tuned(_even_mn(_wgrad_kernel), _cfgs((128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4)), ['KO', 'NO', 'MB'])
 
-# %% ../nbs/03_experts.ipynb #9fc485a5
+# %% ../nbs/03_experts.ipynb #d0e32c0a
 def _mb(n:int)->int: return triton.next_power_of_2(max(n, 1))  # the autotune key's row-count bucket
 
 def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0):
@@ -312,7 +312,7 @@ def _wgrad(a, tok, b, offs, dw, db):
               GATHER=tok is not None, HAS_BIAS=db is not None, MB=_mb(b.shape[0]))
     return dw
 
-# %% ../nbs/03_experts.ipynb #765f5ee9
+# %% ../nbs/03_experts.ipynb #4fe7ae26
 class _ExpertFFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, token_idx, offsets, inv, w1, w2, b1, b2, dt, oai, inter, alpha, limit):
@@ -340,7 +340,12 @@ class _ExpertFFN(torch.autograd.Function):
         dgu = torch.empty_like(gu)
         _launch(_dh, dy, None, offsets, w2c, None, dgu, gu, H, I, I, w2c.stride(1), w2c.stride(2), 2, oai, inter, alpha, limit)
         need = ctx.needs_input_grad
-        dw1 = dw2 = db1 = db2 = None
+        dx = dw1 = dw2 = db1 = db2 = None
+        if need[0]:  # first, so its (N, H) rows are freed before the weight gradients are allocated
+            dxr = _launch(_mm, dgu, None, offsets, w1c, None, torch.empty(N, H, device=dev, dtype=xc.dtype), None, I2, H, I,
+                          w1c.stride(1), w1c.stride(2), 0)
+            dx = _token_sum(dxr, inv, xc.shape[0], xdt)
+            del dxr
         if need[5] or need[7]:
             dw2 = torch.empty(E, I, H, device=dev, dtype=w2dt)
             db2 = torch.empty(E, H, device=dev, dtype=b2dt) if hb2 else None
@@ -349,14 +354,9 @@ class _ExpertFFN(torch.autograd.Function):
             dw1 = torch.empty(E, H, I2, device=dev, dtype=w1dt)
             db1 = torch.empty(E, I2, device=dev, dtype=b1dt) if hb1 else None
             _wgrad(xc, token_idx, dgu, offsets, dw1, db1)
-        dx = None
-        if need[0]:
-            dxr = _launch(_mm, dgu, None, offsets, w1c, None, torch.empty(N, H, device=dev, dtype=xc.dtype), None, I2, H, I,
-                          w1c.stride(1), w1c.stride(2), 0)
-            dx = _token_sum(dxr, inv, xc.shape[0], xdt)
         return dx, None, None, None, dw1, dw2, db1, db2, None, None, None, None, None
 
-# %% ../nbs/03_experts.ipynb #6849414b
+# %% ../nbs/03_experts.ipynb #7533c613
 def expert_ffn(x:torch.Tensor, # (T, H) tokens (not gathered: the kernel reads x[plan.token_idx])
                plan, # a `dispatch.RoutingPlan`: token_idx (N,), offsets (E+1,) int32, inv (T·k,)
                w1:torch.Tensor, # (E, H, 2I) gate and up projections
