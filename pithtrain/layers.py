@@ -7,13 +7,13 @@ __all__ = ['YARN_KEYS', 'OUT_PROJ', 'BIASES', 'RMSNorm', 'yarn_mscale', 'check_r
            'apply_rope', 'attention_mask', 'attention_reference', 'sdpa', 'Attention', 'MLAttention', 'SwiGLUMLP',
            'cross_entropy', 'init_std', 'init_weights']
 
-# %% ../nbs/04_layers.ipynb #dbd62c88
+# %% ../nbs/04_layers.ipynb #3acf867a
 import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/04_layers.ipynb #6c7c155c
+# %% ../nbs/04_layers.ipynb #195308cf
 class RMSNorm(nn.Module):
     "Root-mean-square norm over the last dim; fp32 inside, output in the input dtype."
     def __init__(self, dim:int, # size of the normalised (last) dimension
@@ -28,7 +28,7 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self): return f"{self.weight.shape[0]}, eps={self.eps}"
 
-# %% ../nbs/04_layers.ipynb #92323ceb
+# %% ../nbs/04_layers.ipynb #97cd483b
 YARN_KEYS = ('type', 'rope_type', 'factor', 'original_max_position_embeddings', 'beta_fast', 'beta_slow',
              'mscale', 'mscale_all_dim', 'attention_factor', 'truncate', 'rope_theta')
 
@@ -50,7 +50,7 @@ def check_rope_scaling(rope_scaling:dict|None # HF `rope_scaling`/`rope_paramete
     if rope_scaling['factor'] < 1: raise ValueError(f"rope_scaling.factor = {rope_scaling['factor']} must be >= 1")
     return rope_scaling
 
-# %% ../nbs/04_layers.ipynb #ca6ece61
+# %% ../nbs/04_layers.ipynb #4e936f88
 def yarn_inv_freq(rot_dim:int, theta:float, factor:float, original_max_position_embeddings:int,
                   beta_fast:float=32., beta_slow:float=1., truncate:bool=True)->torch.Tensor:
     "YaRN inverse frequencies: interpolated by `factor` for slow pairs, kept for fast ones, ramped between."
@@ -99,7 +99,7 @@ def apply_rope(x:torch.Tensor, # (..., S, n_heads, head_dim)
         out = torch.cat((a * c - b * s, b * c + a * s), dim=-1)
     return torch.cat((out.to(x.dtype), x[..., r:]), dim=-1) if r < x.shape[-1] else out.to(x.dtype)
 
-# %% ../nbs/04_layers.ipynb #4e7facf7
+# %% ../nbs/04_layers.ipynb #02875530
 def attention_mask(S:int, sliding_window:int|None=None, device=None)->torch.Tensor:
     "Boolean `(S, S)` mask, True where query `i` may see key `j`: `j <= i` and `i - j < sliding_window`."
     i = torch.arange(S, device=device)
@@ -124,14 +124,15 @@ def sdpa(q, k, v, # (B, h, S, D), (B, kvh, S, D), (B, kvh, S, Dv)
     if sinks is None and window is None: return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=h != kvh)
     if h != kvh: k, v = k.repeat_interleave(h // kvh, 1), v.repeat_interleave(h // kvh, 1)  # masked kernels lack GQA
     mask = attention_mask(S, window, q.device)
-    if sinks is not None:   # one extra key per head whose logit is the sink: q gains a channel sink/scale, that key is e_last, its value 0
-        q = torch.cat((q, (sinks.to(q.dtype) / scale).view(1, h, 1, 1).expand(B, h, S, 1)), -1)
-        k = torch.cat((F.pad(k, (0, 1)), F.pad(k.new_ones(B, h, 1, 1), (D, 0))), 2)
+    if sinks is not None:   # one extra key per head whose logit is the sink: q gains a channel sink/scale, that key is e_D, its value 0
+        pad = 8 - D % 8   # keep the head dim a multiple of 8 so the fused masked kernels still apply
+        q = torch.cat((q, (sinks.to(q.dtype) / scale).view(1, h, 1, 1).expand(B, h, S, 1), q.new_zeros(B, h, S, pad - 1)), -1)
+        k = torch.cat((F.pad(k, (0, pad)), F.pad(k.new_ones(B, h, 1, 1), (D, pad - 1))), 2)
         v = torch.cat((v, v.new_zeros(B, h, 1, v.shape[-1])), 2)
         mask = torch.cat((mask, mask.new_ones(S, 1)), 1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
-# %% ../nbs/04_layers.ipynb #7e73c8c7
+# %% ../nbs/04_layers.ipynb #b120eb0a
 class Attention(nn.Module):
     "Causal GQA self-attention with RoPE, optional q/k norm, bias, sliding window and sinks."
     def __init__(self, hidden:int, n_heads:int, n_kv_heads:int, head_dim:int,
@@ -170,7 +171,7 @@ class Attention(nn.Module):
         o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale, self.sliding_window, self.sinks)
         return self.o_proj(o.transpose(1, 2).reshape(B, S, -1))
 
-# %% ../nbs/04_layers.ipynb #626b6727
+# %% ../nbs/04_layers.ipynb #a64c6369
 class MLAttention(nn.Module):
     "DeepSeek-V2 multi-head latent attention (causal, interleaved RoPE on the `qk_rope_head_dim` part)."
     def __init__(self, hidden:int, n_heads:int,
@@ -212,7 +213,7 @@ class MLAttention(nn.Module):
         o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale)
         return self.o_proj(o.transpose(1, 2).reshape(B, S, -1))
 
-# %% ../nbs/04_layers.ipynb #ce25b16a
+# %% ../nbs/04_layers.ipynb #04c41049
 class SwiGLUMLP(nn.Module):
     "Dense SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`."
     def __init__(self, hidden:int, intermediate:int, bias:bool=False):
@@ -222,7 +223,7 @@ class SwiGLUMLP(nn.Module):
 
     def forward(self, x): return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
-# %% ../nbs/04_layers.ipynb #cac74e25
+# %% ../nbs/04_layers.ipynb #7d343049
 class _ChunkedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, w, labels, chunk, reduction):
@@ -267,7 +268,7 @@ def cross_entropy(hidden:torch.Tensor, # (T, H) final hidden states (or (B, S, H
     if weight.shape[1] != h.shape[1]: raise ValueError(f"weight {tuple(weight.shape)} does not match hidden size {h.shape[1]}")
     return _ChunkedCE.apply(h, weight, l, chunk, reduction)
 
-# %% ../nbs/04_layers.ipynb #557c7ebe
+# %% ../nbs/04_layers.ipynb #f87da877
 OUT_PROJ = ('o_proj', 'down_proj', 'w2')
 BIASES = ('bias', 'b1', 'b2')
 
