@@ -6,7 +6,7 @@
 __all__ = ['RouterConfig', 'route_scores', 'select_experts', 'gate_weights', 'expert_counts', 'capacity', 'capacity_keep',
            'balance_loss', 'seq_aux_loss', 'z_loss', 'RouterOutput', 'Router', 'load_stats']
 
-# %% ../nbs/01_router.ipynb #3019e9b7
+# %% ../nbs/01_router.ipynb #00e8a410
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from .core import Config, ConfigError, choice, check
 
-# %% ../nbs/01_router.ipynb #04619f6a
+# %% ../nbs/01_router.ipynb #c6eb0e3c
 _nonneg = lambda v: v >= 0
 
 @dataclass
@@ -53,7 +53,7 @@ class RouterConfig(Config):
         if k > self.topk_group * (E // G):
             raise ConfigError(f"{n}.top_k = {k} > topk_group·n_experts/n_group = {self.topk_group * (E // G)}: not enough experts in the chosen groups")
 
-# %% ../nbs/01_router.ipynb #e9df74ca
+# %% ../nbs/01_router.ipynb #3f8a0921
 def route_scores(logits:torch.Tensor, # (T, E) fp32 router logits
                  score:str            # 'softmax', 'sigmoid' or 'softmax_topk'
                 )->tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +90,7 @@ def gate_weights(scores:torch.Tensor,  # (T, E) from `route_scores` (the logits 
     elif cfg.norm_topk_prob: w = w / (w.sum(-1, keepdim=True) + 1e-20)
     return w * cfg.routed_scaling_factor
 
-# %% ../nbs/01_router.ipynb #876bd9b8
+# %% ../nbs/01_router.ipynb #fac461ce
 def expert_counts(ids:torch.Tensor, # (T, k) expert ids
                   n_experts:int     # E
                  )->torch.Tensor:
@@ -114,7 +114,7 @@ def capacity_keep(ids:torch.Tensor,    # (T, k) expert ids
     rank = torch.arange(flat.numel(), device=ids.device) - start.gather(0, e)
     return torch.empty_like(flat).scatter_(0, order, rank).view_as(ids) < cap
 
-# %% ../nbs/01_router.ipynb #b6b4ba54
+# %% ../nbs/01_router.ipynb #d80f0017
 def balance_loss(probs:torch.Tensor,  # (T, E) routing distribution
                  counts:torch.Tensor, # (E,) pairs per expert (this micro-batch, or the global batch)
                  k:int                # experts per token
@@ -138,7 +138,7 @@ def z_loss(logits:torch.Tensor)->torch.Tensor:
     "Router z-loss: mean over tokens of `logsumexp(logits)²`."
     return torch.logsumexp(logits, -1).square().mean()
 
-# %% ../nbs/01_router.ipynb #d58bd4e1
+# %% ../nbs/01_router.ipynb #4747fb31
 class RouterOutput(NamedTuple):
     "What a router returns for T tokens."
     ids: torch.Tensor            # (T, k) int64 chosen experts, best first
@@ -245,7 +245,7 @@ def _check_ids(ids, E):
     s = ids.sort(-1).values
     if (s[:, 1:] == s[:, :-1]).any(): raise IndexError("router picked the same expert twice for a token")
 
-# %% ../nbs/01_router.ipynb #43a80d02
+# %% ../nbs/01_router.ipynb #b339936a
 def load_stats(counts:torch.Tensor,            # (E,) pairs per expert (e.g. `RouterOutput.counts`)
                probs:torch.Tensor|None=None,   # (T, E) routing distribution, for the per-token entropy
                cap:int|None=None               # expert capacity, for the fraction dropped

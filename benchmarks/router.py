@@ -1,0 +1,103 @@
+"""Router forward+backward on one GPU, against the torch grouped_mm expert FFN of the same MoE layer.
+
+Qwen3-30B-A3B shapes: 8192 tokens, H 2048, E 128, k 8 (expert FFN width I 768), bf16 tokens. Each router
+variant runs forward (fp32 logits, scores, selection, weights, counts, enabled losses) and backward from
+`(weights·g).sum() + aux_loss` to the tokens and the gate; the FFN is the grouped_mm SwiGLU path of
+shared/reference/gpu_anchors.py (`gmm_ffn`: argsort, three grouped GEMMs, index_add), forward and backward.
+Times are `triton.testing.do_bench` medians in the same run; the router should stay under 5% of the FFN.
+
+    python3 benchmarks/router.py              # GPU: benchmarks/results/router-DATE.json and $OUT/router.json
+    python3 benchmarks/router.py --cpu-smoke  # tiny sizes on CPU: checks the script runs (timings meaningless)
+"""
+import argparse, datetime, json, math, os, statistics, sys, tempfile, time
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+import torch, torch.nn.functional as F
+from pithtrain.router import Router, RouterConfig, load_stats
+
+def variants(E, k, seq_len):
+    "Router configs to time: name -> (RouterConfig, seq_len passed to forward)."
+    base = dict(n_experts=E, top_k=k)
+    G = 8 if E % 8 == 0 and E // 8 >= 2 else 1
+    return {
+        'qwen3 (softmax, renorm, aux)': (RouterConfig(**base, norm_topk_prob=True, aux_loss_coef=1e-3), None),
+        'all losses (aux, global, seq, z)': (RouterConfig(**base, norm_topk_prob=True, aux_loss_coef=1e-3, global_aux_loss_coef=1e-3,
+                                                          seq_aux_loss_coef=1e-4, z_loss_coef=1e-3), seq_len),
+        'deepseek-v3 (sigmoid, groups, bias)': (RouterConfig(**base, score='sigmoid', n_group=G, topk_group=max(G // 2, 1), group_score='top2',
+                                                             norm_topk_prob=True, routed_scaling_factor=2.5, aux_free=True,
+                                                             seq_aux_loss_coef=1e-4), seq_len),
+        'gpt-oss (top-k logits, softmax)': (RouterConfig(**base, score='softmax_topk', bias=True, aux_loss_coef=1e-3), None),
+        'capacity 1.25': (RouterConfig(**base, norm_topk_prob=True, aux_loss_coef=1e-3, capacity_factor=1.25), None),
+    }
+
+def gmm_ffn(x, w, idx, w1, w2, w3):
+    "Expert SwiGLU FFN with torch._grouped_mm, as in shared/reference/gpu_anchors.py."
+    E, k = w1.shape[0], idx.shape[1]
+    flat = idx.reshape(-1)
+    order = flat.argsort(stable=True)
+    offs = torch.bincount(flat, minlength=E).cumsum(0).to(torch.int32)
+    xs = x[order // k]
+    h = F.silu(torch._grouped_mm(xs, w1, offs=offs)) * torch._grouped_mm(xs, w3, offs=offs)
+    o = torch._grouped_mm(h, w2, offs=offs) * w.reshape(-1)[order, None].to(x.dtype)
+    return torch.zeros_like(x).index_add_(0, order // k, o)
+
+def bench(fn, cuda):
+    "Median ms: do_bench on CUDA, a few perf_counter runs on CPU."
+    if cuda:
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=25, rep=200, return_mode='median')
+    fn(); ts = []
+    for _ in range(3):
+        t = time.perf_counter(); fn(); ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--cpu-smoke', action='store_true', help='tiny sizes on CPU (checks the logic; no timing claims)')
+    ap.add_argument('--out', default=None, help='results folder (default benchmarks/results; a temp folder for --cpu-smoke)')
+    a = ap.parse_args(argv)
+    cuda = not a.cpu_smoke
+    if cuda and not torch.cuda.is_available(): sys.exit('no CUDA device: run with --cpu-smoke on CPU')
+    dev, dt = ('cuda', torch.bfloat16) if cuda else ('cpu', torch.float32)
+    T, H, E, k, I, S = (8192, 2048, 128, 8, 768, 4096) if cuda else (256, 64, 16, 4, 32, 64)
+    date = datetime.date.today().isoformat()
+    dirs = [a.out or (os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results') if cuda else tempfile.mkdtemp())]
+    if os.environ.get('OUT'): dirs.append(os.environ['OUT'])
+    res = {'date': date, 'device': torch.cuda.get_device_name() if cuda else 'cpu (smoke)', 'command': 'python3 benchmarks/router.py' + (' --cpu-smoke' if a.cpu_smoke else ''),
+           'torch': torch.__version__, 'shape': dict(tokens=T, hidden=H, experts=E, top_k=k, intermediate=I, seq_len=S, dtype=str(dt)), 'rows': []}
+    def save():
+        for d in dirs:
+            os.makedirs(d, exist_ok=True)
+            json.dump(res, open(os.path.join(d, 'router.json' if d == os.environ.get('OUT') else f'router-{date}.json'), 'w'), indent=1)
+
+    torch.manual_seed(0)
+    x = torch.randn(T, H, device=dev, dtype=dt, requires_grad=True)
+    g = torch.randn(T, k, device=dev)
+    # the anchor: grouped_mm expert FFN fwd+bwd with the anchors' routing
+    w1, w3 = ((torch.randn(E, H, I, device=dev, dtype=dt) / math.sqrt(H)).requires_grad_() for _ in range(2))
+    w2 = (torch.randn(E, I, H, device=dev, dtype=dt) / math.sqrt(I)).requires_grad_()
+    wr, idx = torch.randn(T, E, device=dev).softmax(-1).topk(k, -1)
+    gy = torch.randn(T, H, device=dev, dtype=dt)
+    def ffn_step():
+        for p in (x, w1, w2, w3): p.grad = None
+        gmm_ffn(x, wr, idx, w1, w2, w3).backward(gy)
+    res['ffn_ms'] = bench(ffn_step, cuda); save()
+    print(f"{'router':38s} {'ms':>8s} {'% of FFN':>9s}   (grouped_mm FFN fwd+bwd: {res['ffn_ms']:.3f} ms)")
+    for name, (cfg, seq_len) in variants(E, k, S).items():
+        r = Router(H, cfg).to(dev)
+        def step():
+            x.grad = None
+            for p in r.parameters(): p.grad = None
+            o = r(x, seq_len=seq_len)
+            ((o.weights * g).sum() + o.aux_loss).backward()
+        ms = bench(step, cuda)
+        with torch.no_grad(): o = r(x, seq_len=seq_len)
+        st = load_stats(o.counts, o.probs, r.capacity(T))
+        r.update_bias(); r.reset_global_counts()
+        row = dict(router=name, ms=ms, pct_of_ffn=100 * ms / res['ffn_ms'], config=cfg.to_dict(),
+                   max_over_mean=st['max_over_mean'], dropped=st['dropped'])
+        res['rows'].append(row); save()
+        print(f"{name:38s} {ms:8.3f} {row['pct_of_ffn']:8.2f}%", flush=True)
+    print('wrote', ', '.join(dirs))
+    return res
+
+if __name__ == '__main__': main()
