@@ -7,13 +7,13 @@ __all__ = ['YARN_KEYS', 'OUT_PROJ', 'BIASES', 'RMSNorm', 'yarn_mscale', 'check_r
            'apply_rope', 'attention_mask', 'attention_reference', 'sdpa', 'Attention', 'MLAttention', 'SwiGLUMLP',
            'cross_entropy', 'init_std', 'init_weights']
 
-# %% ../nbs/04_layers.ipynb #3acf867a
+# %% ../nbs/04_layers.ipynb #0bda1d6b
 import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/04_layers.ipynb #195308cf
+# %% ../nbs/04_layers.ipynb #48ff3598
 class RMSNorm(nn.Module):
     "Root-mean-square norm over the last dim; fp32 inside, output in the input dtype."
     def __init__(self, dim:int, # size of the normalised (last) dimension
@@ -28,7 +28,7 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self): return f"{self.weight.shape[0]}, eps={self.eps}"
 
-# %% ../nbs/04_layers.ipynb #97cd483b
+# %% ../nbs/04_layers.ipynb #ae42ef13
 YARN_KEYS = ('type', 'rope_type', 'factor', 'original_max_position_embeddings', 'beta_fast', 'beta_slow',
              'mscale', 'mscale_all_dim', 'attention_factor', 'truncate', 'rope_theta')
 
@@ -50,7 +50,7 @@ def check_rope_scaling(rope_scaling:dict|None # HF `rope_scaling`/`rope_paramete
     if rope_scaling['factor'] < 1: raise ValueError(f"rope_scaling.factor = {rope_scaling['factor']} must be >= 1")
     return rope_scaling
 
-# %% ../nbs/04_layers.ipynb #4e936f88
+# %% ../nbs/04_layers.ipynb #3c503e7b
 def yarn_inv_freq(rot_dim:int, theta:float, factor:float, original_max_position_embeddings:int,
                   beta_fast:float=32., beta_slow:float=1., truncate:bool=True)->torch.Tensor:
     "YaRN inverse frequencies: interpolated by `factor` for slow pairs, kept for fast ones, ramped between."
@@ -99,7 +99,7 @@ def apply_rope(x:torch.Tensor, # (..., S, n_heads, head_dim)
         out = torch.cat((a * c - b * s, b * c + a * s), dim=-1)
     return torch.cat((out.to(x.dtype), x[..., r:]), dim=-1) if r < x.shape[-1] else out.to(x.dtype)
 
-# %% ../nbs/04_layers.ipynb #02875530
+# %% ../nbs/04_layers.ipynb #45efc1d5
 def attention_mask(S:int, sliding_window:int|None=None, device=None)->torch.Tensor:
     "Boolean `(S, S)` mask, True where query `i` may see key `j`: `j <= i` and `i - j < sliding_window`."
     i = torch.arange(S, device=device)
@@ -132,7 +132,7 @@ def sdpa(q, k, v, # (B, h, S, D), (B, kvh, S, D), (B, kvh, S, Dv)
         mask = torch.cat((mask, mask.new_ones(S, 1)), 1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
-# %% ../nbs/04_layers.ipynb #b120eb0a
+# %% ../nbs/04_layers.ipynb #0bf3fec5
 class Attention(nn.Module):
     "Causal GQA self-attention with RoPE, optional q/k norm, bias, sliding window and sinks."
     def __init__(self, hidden:int, n_heads:int, n_kv_heads:int, head_dim:int,
@@ -171,7 +171,7 @@ class Attention(nn.Module):
         o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale, self.sliding_window, self.sinks)
         return self.o_proj(o.transpose(1, 2).reshape(B, S, -1))
 
-# %% ../nbs/04_layers.ipynb #a64c6369
+# %% ../nbs/04_layers.ipynb #5317d064
 class MLAttention(nn.Module):
     "DeepSeek-V2 multi-head latent attention (causal, interleaved RoPE on the `qk_rope_head_dim` part)."
     def __init__(self, hidden:int, n_heads:int,
@@ -213,7 +213,7 @@ class MLAttention(nn.Module):
         o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale)
         return self.o_proj(o.transpose(1, 2).reshape(B, S, -1))
 
-# %% ../nbs/04_layers.ipynb #04c41049
+# %% ../nbs/04_layers.ipynb #d64611a9
 class SwiGLUMLP(nn.Module):
     "Dense SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`."
     def __init__(self, hidden:int, intermediate:int, bias:bool=False):
@@ -223,7 +223,7 @@ class SwiGLUMLP(nn.Module):
 
     def forward(self, x): return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
-# %% ../nbs/04_layers.ipynb #7d343049
+# %% ../nbs/04_layers.ipynb #bac8ac61
 class _ChunkedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, w, labels, chunk, reduction):
@@ -247,9 +247,9 @@ class _ChunkedCE(torch.autograd.Function):
         dh, dw = torch.empty_like(h), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
         for i in range(0, h.shape[0], ctx.chunk):
             hc, lc = h[i:i + ctx.chunk], labels[i:i + ctx.chunk]
-            p = ((hc @ w.t()).float() - lse[i:i + ctx.chunk, None]).exp()
+            p = (hc @ w.t()).float().sub_(lse[i:i + ctx.chunk, None]).exp_()   # in place: one chunk × V fp32 buffer
             p.scatter_add_(1, lc.clamp_min(0)[:, None], -torch.ones_like(p[:, :1]))
-            p = (p * ((lc != -100).float() * scale)[:, None])
+            p.mul_(((lc != -100).float() * scale)[:, None])
             dh[i:i + ctx.chunk] = (p.to(w.dtype) @ w).to(h.dtype)
             dw += (p.to(hc.dtype).t() @ hc).float()
         return dh, dw.to(w.dtype), None, None, None
@@ -268,7 +268,7 @@ def cross_entropy(hidden:torch.Tensor, # (T, H) final hidden states (or (B, S, H
     if weight.shape[1] != h.shape[1]: raise ValueError(f"weight {tuple(weight.shape)} does not match hidden size {h.shape[1]}")
     return _ChunkedCE.apply(h, weight, l, chunk, reduction)
 
-# %% ../nbs/04_layers.ipynb #f87da877
+# %% ../nbs/04_layers.ipynb #4dbf6278
 OUT_PROJ = ('o_proj', 'down_proj', 'w2')
 BIASES = ('bias', 'b1', 'b2')
 
