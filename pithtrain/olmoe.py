@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PRESETS', 'OLMoEConfig', 'OLMoEBlock', 'OLMoE', 'from_hf_config', 'to_hf_config', 'hf_key_map']
 
-# %% ../nbs/11_olmoe.ipynb #cac44c3b
+# %% ../nbs/11_olmoe.ipynb #5813414d
 import math
 from dataclasses import dataclass
 import torch
@@ -16,7 +16,7 @@ from .router import RouterConfig
 from .moe import MoE, ModelOutput, lm_output, param_counts
 from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, read_hf_config, check_architecture, load_hf, save_hf
 
-# %% ../nbs/11_olmoe.ipynb #72bd631c
+# %% ../nbs/11_olmoe.ipynb #55e86145
 def _pos(v): return v > 0
 
 @dataclass
@@ -73,7 +73,7 @@ class OLMoEConfig(Config):
         if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
-# %% ../nbs/11_olmoe.ipynb #cab7528d
+# %% ../nbs/11_olmoe.ipynb #ca499980
 class OLMoEBlock(nn.Module):
     "Pre-norm GQA attention (q/k norm over the full projection, optional qkv clamp, RoPE) then pre-norm MoE."
     def __init__(self, c:OLMoEConfig):
@@ -141,14 +141,14 @@ class OLMoE(nn.Module):
         "Write a HF checkpoint directory that transformers' `OlmoeForCausalLM.from_pretrained` reads."
         return save_hf(self, path, hf_key_map(self.cfg), to_hf_config(self.cfg), dtype, max_shard_bytes)
 
-# %% ../nbs/11_olmoe.ipynb #0dfaa32c
+# %% ../nbs/11_olmoe.ipynb #c82ee12a
 PRESETS = {
     'tiny': dict(vocab_size=257, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, max_position_embeddings=2048),
     'olmoe-1b-7b': {},   # the defaults: OLMoE-1B-7B as published
 }
 
-# %% ../nbs/11_olmoe.ipynb #d59ed9ec
+# %% ../nbs/11_olmoe.ipynb #6b441bb3
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', 'output_router_logits', 'attention_dropout', 'hidden_act', 'num_local_experts',
             'rope_parameters', '_name_or_path'}

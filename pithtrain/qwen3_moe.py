@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PRESETS', 'Qwen3MoEConfig', 'Qwen3MoEBlock', 'Qwen3MoE', 'from_hf_config', 'to_hf_config', 'hf_key_map']
 
-# %% ../nbs/10_qwen3_moe.ipynb #75b8bcef
+# %% ../nbs/10_qwen3_moe.ipynb #b12a97cf
 import math
 from dataclasses import dataclass
 import torch
@@ -16,7 +16,7 @@ from .router import RouterConfig
 from .moe import MoE, ModelOutput, lm_output, param_counts
 from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, read_hf_config, check_architecture, load_hf, save_hf
 
-# %% ../nbs/10_qwen3_moe.ipynb #d6e1f370
+# %% ../nbs/10_qwen3_moe.ipynb #9e7d95e0
 def _pos(v): return v > 0
 
 @dataclass
@@ -77,7 +77,7 @@ class Qwen3MoEConfig(Config):
         if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
-# %% ../nbs/10_qwen3_moe.ipynb #d1732b6f
+# %% ../nbs/10_qwen3_moe.ipynb #c483874b
 class Qwen3MoEBlock(nn.Module):
     "Pre-norm GQA attention (per-head q/k norm, RoPE) then pre-norm MoE or dense SwiGLU MLP."
     def __init__(self, c:Qwen3MoEConfig, i:int):
@@ -97,7 +97,7 @@ class Qwen3MoEBlock(nn.Module):
             return x + y, r
         return x + self.mlp(h), None
 
-# %% ../nbs/10_qwen3_moe.ipynb #48c0ff42
+# %% ../nbs/10_qwen3_moe.ipynb #a7c1d757
 class Qwen3MoE(nn.Module):
     "Qwen3-MoE causal LM: `model(input_ids, labels=None) -> ModelOutput`."
     def __init__(self, cfg:Qwen3MoEConfig):
@@ -151,7 +151,7 @@ class Qwen3MoE(nn.Module):
                   else 3 * H * c.intermediate_size for i in range(L))
         return 6 * (L * attn + ffn + H * c.vocab_size) + 6 * L * c.num_attention_heads * c.head_dim * seq_len
 
-# %% ../nbs/10_qwen3_moe.ipynb #9ff427d8
+# %% ../nbs/10_qwen3_moe.ipynb #586f84be
 _BENCH = dict(intermediate_size=2816, norm_topk_prob=True, max_position_embeddings=4096, rope_theta=10000.0,
               rms_norm_eps=1e-6, tie_word_embeddings=False, router_aux_loss_coef=0.001)
 PRESETS = {
@@ -165,7 +165,7 @@ PRESETS = {
     'qwen3-30b-a3b': {},   # the defaults: Qwen3-30B-A3B as published
 }
 
-# %% ../nbs/10_qwen3_moe.ipynb #fd3f7733
+# %% ../nbs/10_qwen3_moe.ipynb #69712c40
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', 'output_router_logits', 'max_window_layers', 'use_sliding_window',
             'attention_dropout', 'hidden_act', 'num_local_experts', 'rope_parameters', '_name_or_path'}
