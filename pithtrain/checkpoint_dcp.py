@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['flat_state', 'save_dcp', 'load_dcp']
 
-# %% ../nbs/22b_checkpoint_dcp.ipynb #431c2d67
+# %% ../nbs/22b_checkpoint_dcp.ipynb #c6798b72
 import os, shutil, warnings
 import torch, torch.nn as nn, torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor
 from .distributed import DistInfo, EXPERT_PARAMS, expert_holders
 
-# %% ../nbs/22b_checkpoint_dcp.ipynb #f68dcea7
+# %% ../nbs/22b_checkpoint_dcp.ipynb #aac52665
 def _split(key:str, t:torch.Tensor, info:DistInfo)->dict:
     "Per-expert entries `key.e` (global e) for this rank's part of a stacked expert tensor."
     local, start = t, 0
@@ -43,7 +43,7 @@ def flat_state(model:nn.Module,                       # whole, EP-split and/or F
                 out.update(_split(key, v, info) if names[p] in experts and v.shape == p.shape else {key: v})
     return out
 
-# %% ../nbs/22b_checkpoint_dcp.ipynb #164eaa03
+# %% ../nbs/22b_checkpoint_dcp.ipynb #7525582f
 def _barrier():
     if dist.is_initialized(): dist.barrier()
 
