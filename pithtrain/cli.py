@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['parse_value', 'read_config_file', 'load_config', 'cmd_train', 'cmd_generate', 'cmd_convert', 'parser', 'main']
 
-# %% ../nbs/30_cli.ipynb #0107329d
+# %% ../nbs/30_cli.ipynb #4a85434d
 import argparse, json, sys
 from pathlib import Path
 
-# %% ../nbs/30_cli.ipynb #f6e8db3d
+# %% ../nbs/30_cli.ipynb #3e394453
 def parse_value(s:str):
     "A `key=value` value: JSON when it parses (numbers, true/false, null, lists), else the string."
     try: return json.loads(s)
@@ -40,7 +40,7 @@ def load_config(path:str|None=None, overrides:list=()):
         if k in d and not isinstance(d[k], str): d[k] = str(d[k])
     return TrainConfig.from_dict(d)
 
-# %% ../nbs/30_cli.ipynb #9f0c2a3b
+# %% ../nbs/30_cli.ipynb #d8910ce2
 def cmd_train(a)->int:
     "`pithtrain train`: run `trainer.train` on the merged config."
     from pithtrain.trainer import train, NonFiniteError
@@ -87,7 +87,7 @@ def cmd_convert(a)->int:
     print(f"wrote HF checkpoint {out}")
     return 0
 
-# %% ../nbs/30_cli.ipynb #b9673942
+# %% ../nbs/30_cli.ipynb #04fe784b
 def parser()->argparse.ArgumentParser:
     "The `pithtrain` argument parser."
     ap = argparse.ArgumentParser(prog='pithtrain', description='pithtrain: train Mixture-of-Experts language models.',
@@ -105,7 +105,7 @@ def parser()->argparse.ArgumentParser:
     g = sub.add_parser('generate', help='sample text from a checkpoint', description='Sample text from a training checkpoint or run directory.')
     g.add_argument('checkpoint', help='a run directory, its checkpoints/ directory, or one checkpoint')
     g.add_argument('--prompt', '-p', default='def ', help="text to continue (default: 'def ')")
-    g.add_argument('--max-new-tokens', '-n', type=int, default=200)
+    g.add_argument('--max-new-tokens', '-n', type=int, default=120)
     g.add_argument('--temperature', '-t', type=float, default=0.8, help='0: greedy')
     g.add_argument('--top-k', '-k', type=int, default=50, help='sample among the k most likely tokens (0: all)')
     g.add_argument('--samples', dest='n', type=int, default=1, help='how many samples')

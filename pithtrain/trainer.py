@@ -6,7 +6,7 @@
 __all__ = ['TrainConfig', 'build_model', 'prepare', 'checkpoint_blocks', 'compile_dense', 'forward_backward', 'evaluate',
            'versions', 'Metrics', 'plot_run', 'NonFiniteError', 'train', 'generate', 'load_model']
 
-# %% ../nbs/23_trainer.ipynb #e9faa6ee
+# %% ../nbs/23_trainer.ipynb #00109405
 import dataclasses, json, math, os, platform, resource, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from .core import Config, ConfigError, choice, check, get_device, seed_everythin
 from .optim import build_optimizer, build_schedule
 from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, init_from, is_hf_checkpoint
 
-# %% ../nbs/23_trainer.ipynb #d859ce1c
+# %% ../nbs/23_trainer.ipynb #c6f1da76
 def _pos(v): return v > 0
 def _nonneg(v): return v >= 0
 
@@ -32,7 +32,7 @@ class TrainConfig(Config):
     batch_size:int = check(16, _pos, 'must be > 0')    # sequences per micro-batch
     seq_len:int = check(128, _pos, 'must be > 0')
     grad_accum:int = check(1, _pos, 'must be > 0')     # micro-batches per optimizer step
-    steps:int = check(200, _pos, 'must be > 0')        # optimizer steps in total
+    steps:int = check(120, _pos, 'must be > 0')        # optimizer steps in total
     optimizer:str = choice('adamw', 'muon')
     lr:float = check(3e-3, _pos, 'must be > 0')        # peak learning rate
     min_lr_ratio:float = check(0.1, lambda v: 0 <= v <= 1, 'must be in [0, 1]')
@@ -41,9 +41,9 @@ class TrainConfig(Config):
     beta2:float = check(0.95, lambda v: 0 <= v < 1, 'must be in [0, 1)')
     grad_clip:float = check(1.0, _nonneg, 'must be >= 0 (0: no clipping)')
     schedule:str = choice('cosine', 'wsd', 'constant')
-    warmup:int = check(20, _nonneg, 'must be >= 0')
+    warmup:int = check(12, _nonneg, 'must be >= 0')
     decay_frac:float = check(0.2, lambda v: 0 < v <= 1, 'must be in (0, 1]')  # wsd: share of steps spent decaying
-    eval_every:int = check(100, _nonneg, 'must be >= 0 (0: only at the end)')
+    eval_every:int = check(60, _nonneg, 'must be >= 0 (0: only at the end)')
     eval_batches:int = check(8, _pos, 'must be > 0')
     log_every:int = check(10, _pos, 'must be > 0')
     ckpt_every:int = check(0, _nonneg, 'must be >= 0 (0: only at the end)')
@@ -68,7 +68,7 @@ class TrainConfig(Config):
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-# %% ../nbs/23_trainer.ipynb #4960c92a
+# %% ../nbs/23_trainer.ipynb #e3a78e5e
 def build_model(cfg:TrainConfig)->nn.Module:
     "The run's model (fp32 parameters, on CPU): Qwen3-MoE from the preset + overrides, or from a HF checkpoint."
     from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
@@ -85,7 +85,7 @@ def prepare(cfg:TrainConfig)->str:
     if (Path(cfg.data)/'meta.json').is_file(): return cfg.data
     return prepare_data(cfg.data, tokenizer=cfg.tokenizer, progress=False)
 
-# %% ../nbs/23_trainer.ipynb #09067174
+# %% ../nbs/23_trainer.ipynb #5b871529
 def _blocks(model):
     if not isinstance(getattr(model, 'layers', None), nn.ModuleList):
         raise ConfigError(f"{type(model).__name__} has no `layers` ModuleList: activation_checkpointing/compile need one")
@@ -104,7 +104,7 @@ def compile_dense(model:nn.Module):
         for name, ch in b.named_children():
             if not any(hasattr(m, 'update_bias') for m in ch.modules()): ch.compile()
 
-# %% ../nbs/23_trainer.ipynb #2ab49e47
+# %% ../nbs/23_trainer.ipynb #dadef305
 def forward_backward(model:nn.Module, batches:list, # [(input_ids, labels), ...] micro-batches of one step
                      device:torch.device, amp:torch.dtype|None # autocast dtype (None: none)
                     )->tuple:
@@ -134,7 +134,7 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
     model.train(was)
     return (tot / max(n, 1)).item()
 
-# %% ../nbs/23_trainer.ipynb #fa0a6031
+# %% ../nbs/23_trainer.ipynb #77d569e8
 def versions()->dict:
     "Versions of Python and the packages a run depends on, the git commit of pithtrain, and the device."
     import importlib.metadata as md, subprocess
@@ -178,7 +178,7 @@ class Metrics:
         if self.wb is not None: self.wb.finish()
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/23_trainer.ipynb #eca891f5
+# %% ../nbs/23_trainer.ipynb #935fbcdd
 def plot_run(run_dir:str|Path)->list:
     "Write loss.png and expert_load.png from a run's metrics.jsonl; return the paths written."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -200,11 +200,11 @@ def plot_run(run_dir:str|Path)->list:
         for i in range(lm.shape[1]): a1.plot([r['step'] for r in ld], lm[:, i], label=f'layer {i}')
         a1.axhline(1, color='k', lw=0.5); a1.set_xlabel('step'); a1.set_ylabel('max / mean expert load'); a1.legend(fontsize=7)
         frac = np.array(ld[-1]['expert_load']); im = a2.imshow(frac, aspect='auto', cmap='viridis')
-        a2.set_xlabel('expert'); a2.set_ylabel('MoE layer'); a2.set_title(f"share of tokens, step {ld[-1]['step']}"); fig.colorbar(im, ax=a2)
+        a2.set_yticks(range(frac.shape[0])); a2.set_xlabel('expert'); a2.set_ylabel('MoE layer'); a2.set_title(f"share of tokens, step {ld[-1]['step']}"); fig.colorbar(im, ax=a2)
         fig.tight_layout(); fig.savefig(run_dir/'expert_load.png', dpi=100); plt.close(fig); out.append(run_dir/'expert_load.png')
     return out
 
-# %% ../nbs/23_trainer.ipynb #fac142af
+# %% ../nbs/23_trainer.ipynb #53a0b080
 class NonFiniteError(RuntimeError):
     "The loss or gradient norm became NaN/Inf (with nan_policy='stop')."
 
@@ -215,9 +215,9 @@ def _setup(cfg:TrainConfig, model, loader):
     "Device, dtype, run dir, model, data and the facts saved with the run."
     device = get_device(cfg.device)
     amp = torch.bfloat16 if (cfg.dtype == 'bf16' or (cfg.dtype == 'auto' and device.type == 'cuda')) else None
-    run_dir = Path(cfg.run_dir or Path('runs')/time.strftime('%Y%m%d-%H%M%S')); run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    model = model if model is not None else build_model(cfg)
+    model = model if model is not None else build_model(cfg)   # before the run dir: a bad model config makes no directory
+    run_dir = Path(cfg.run_dir or Path('runs')/time.strftime('%Y%m%d-%H%M%S')); run_dir.mkdir(parents=True, exist_ok=True)
     data_meta = {}
     if loader is None:
         from pithtrain.data import Loader
@@ -227,7 +227,7 @@ def _setup(cfg:TrainConfig, model, loader):
         data_meta['dir'] = ddir
     return device, amp, run_dir, model.to(device), loader, data_meta
 
-# %% ../nbs/23_trainer.ipynb #fb47690d
+# %% ../nbs/23_trainer.ipynb #67b244e6
 def _stats(loss, aux, gn, counts, n):
     "Window sums (device tensors) → plain numbers, in one host sync."
     vals = torch.stack([loss, aux, gn]).double().div(n).tolist()
@@ -340,10 +340,10 @@ def train(cfg:TrainConfig,              # the run's config
     say(f"done: step {step}, {wall:.1f} s, run dir {run_dir}")
     return summary
 
-# %% ../nbs/23_trainer.ipynb #269b062f
+# %% ../nbs/23_trainer.ipynb #0d6af584
 @torch.no_grad()
 def generate(model:nn.Module, tokenizer, # `encode(str)->ids`, `decode(ids)->str`, `eod_id`
-             prompt:str, max_new_tokens:int=200, temperature:float=0.8, top_k:int|None=50,
+             prompt:str, max_new_tokens:int=120, temperature:float=0.8, top_k:int|None=50,
              max_context:int=1024,       # keep at most this many trailing tokens as context
              seed:int|None=None)->str:
     "Sample a continuation of `prompt` (the new text only)."

@@ -1,0 +1,78 @@
+"Trainer, checkpoint and CLI end-to-end tests on the real tiny Qwen3-MoE (CPU, fp32, a few steps each)."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+from pithtrain.core import ConfigError
+from pithtrain.trainer import TrainConfig, train, build_model, load_model, NonFiniteError
+from pithtrain.checkpoint import latest_checkpoint, load_checkpoint
+import pithtrain.checkpoint as ckpt_mod
+
+SMALL = dict(batch_size=2, seq_len=32, warmup=1, log_every=1, eval_every=0, eval_batches=1, device='cpu', plots=False, dtype='fp32')
+
+def cfg(run_dir, **kw): return TrainConfig(run_dir=str(run_dir), **{**SMALL, **kw})
+def losses(d): return [r['loss'] for r in map(json.loads, (Path(d)/'metrics.jsonl').read_text().splitlines()) if 'loss' in r]
+
+def test_resume_is_exact(tmp_path):
+    "N steps + stop + resume N more == 2N steps in one go (fp32: identical losses)."
+    train(cfg(tmp_path/'once', steps=6), progress=False)
+    s = train(cfg(tmp_path/'twice', steps=6), progress=False, stop_after=3)
+    assert s['stopped_by'] == 'stop_after' and len(losses(tmp_path/'twice')) == 3
+    s = train(cfg(tmp_path/'twice', steps=6), progress=False)
+    assert s['start_step'] == 3
+    assert losses(tmp_path/'twice') == losses(tmp_path/'once')
+
+def test_crash_mid_checkpoint_keeps_previous(tmp_path, monkeypatch):
+    "A failure while writing step 4's checkpoint leaves step 2's complete and loadable; the run then resumes from it."
+    real = ckpt_mod._save
+    def failing(obj, f):
+        if f.name == 'train_state.pt' and 'step_00000004' in f.parent.name: f.write_bytes(b'half'); raise OSError(28, 'No space left on device')
+        real(obj, f)
+    monkeypatch.setattr(ckpt_mod, '_save', failing)
+    with pytest.raises(OSError, match='No space left'): train(cfg(tmp_path, steps=6, ckpt_every=2), progress=False)
+    monkeypatch.setattr(ckpt_mod, '_save', real)
+    assert latest_checkpoint(tmp_path/'checkpoints').name == 'step_00000002'
+    model, tok, meta = load_model(tmp_path)
+    assert meta['step'] == 2
+    s = train(cfg(tmp_path, steps=6, ckpt_every=2), progress=False)
+    assert s['start_step'] == 2 and s['step'] == 6
+
+def test_sigterm_saves_checkpoint(tmp_path):
+    "SIGTERM to a running `pithtrain train` leaves a loadable checkpoint and exit status 143."
+    args = ['train', '-q', 'steps=100000', 'warmup=1', 'batch_size=2', 'seq_len=32', 'log_every=1', 'eval_every=0', f'run_dir={tmp_path}']
+    p = subprocess.Popen([sys.executable, '-c', f'import sys; from pithtrain.cli import main; sys.exit(main({args!r}))'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'OPENBLAS_NUM_THREADS': '1'})
+    t0 = time.time()
+    while not (tmp_path/'metrics.jsonl').exists():
+        assert p.poll() is None and time.time() - t0 < 120, p.communicate()
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, (out, err)
+    assert 'stopped by SIGTERM' in out
+    ck = latest_checkpoint(tmp_path/'checkpoints')
+    model, tok, meta = load_model(ck)
+    assert meta['step'] >= 1 and meta['train_config']['steps'] == 100000
+
+def test_nan_is_caught_at_its_step(tmp_path):
+    "A NaN loss injected at step 3 stops the run there (state of step 2 saved) or is skipped."
+    def poisoned(at):
+        m = build_model(cfg(tmp_path)); fwd, n = m.forward, [0]
+        def f(*a, **k):
+            n[0] += 1; out = fwd(*a, **k)
+            return out._replace(loss=out.loss * float('nan')) if n[0] == at else out
+        m.forward = f
+        return m
+    with pytest.raises(NonFiniteError, match='non-finite value at step 3'): train(cfg(tmp_path/'stop', steps=5), poisoned(3), progress=False)
+    assert latest_checkpoint(tmp_path/'stop'/'checkpoints').name == 'step_00000002'
+    s = train(cfg(tmp_path/'skip', steps=5, nan_policy='skip'), poisoned(3), progress=False)
+    assert s['skipped'] == 1 and s['step'] == 5
+    rows = [json.loads(l) for l in (tmp_path/'skip'/'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in rows if r.get('skipped')] == [3]
+
+def test_bad_config_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="TrainConfig.nan_policy = 'ignore' is not allowed"): TrainConfig(nan_policy='ignore')
+    with pytest.raises(ConfigError, match='hidden_size = -1: must be > 0'): train(cfg(tmp_path/'a', model={'hidden_size': -1}), progress=False)
+    with pytest.raises(ConfigError, match="Qwen3MoEConfig does not know"): train(cfg(tmp_path/'b', model={'hidden': 8}), progress=False)
+    assert not (tmp_path/'a').exists()
+    r = subprocess.run([sys.executable, '-c', "import sys; from pithtrain.cli import main; sys.exit(main(['train', 'steps=0']))"], capture_output=True, text=True)
+    assert r.returncode == 2 and 'TrainConfig.steps = 0: must be > 0' in r.stderr, r.stderr
