@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['flat_state', 'save_dcp', 'load_dcp']
 
-# %% ../nbs/22b_checkpoint_dcp.ipynb #c6798b72
-import os, shutil, warnings
+# %% ../nbs/22b_checkpoint_dcp.ipynb #f412af38
+import os, json, time, shutil, warnings
 import torch, torch.nn as nn, torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor
 from .distributed import DistInfo, EXPERT_PARAMS, expert_holders
 
-# %% ../nbs/22b_checkpoint_dcp.ipynb #aac52665
+# %% ../nbs/22b_checkpoint_dcp.ipynb #300f5871
 def _split(key:str, t:torch.Tensor, info:DistInfo)->dict:
     "Per-expert entries `key.e` (global e) for this rank's part of a stacked expert tensor."
     local, start = t, 0
@@ -43,7 +43,7 @@ def flat_state(model:nn.Module,                       # whole, EP-split and/or F
                 out.update(_split(key, v, info) if names[p] in experts and v.shape == p.shape else {key: v})
     return out
 
-# %% ../nbs/22b_checkpoint_dcp.ipynb #7525582f
+# %% ../nbs/22b_checkpoint_dcp.ipynb #de75f9ba
 def _barrier():
     if dist.is_initialized(): dist.barrier()
 
@@ -68,6 +68,9 @@ def save_dcp(path:str,                                # checkpoint directory (wr
     if info.is_main:
         groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups] if optimizer else None
         torch.save(dict(extra=extra or {}, param_groups=groups, world=info.world, ep=info.ep), os.path.join(tmp, 'meta.pt'))
+        facts = dict(format='dcp', time=time.strftime('%Y-%m-%dT%H:%M:%S'), torch=torch.__version__, world=info.world, ep=info.ep,
+                     step=(extra or {}).get('step'))
+        with open(os.path.join(tmp, 'meta.json'), 'w') as f: json.dump(facts, f, indent=1)
         if os.path.exists(path): os.replace(path, path + '.old')
         os.replace(tmp, path)
         shutil.rmtree(path + '.old', ignore_errors=True)
