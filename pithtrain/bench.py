@@ -8,13 +8,13 @@ __all__ = ['BATCH', 'PEAK_FLOPS', 'COMPONENTS', 'LEVERS', 'ROW_KEYS', 'GOALS', '
            'full_logits_ce', 'bf16_ce', 'bf16_residual', 'lever', 'patched', 'make_row', 'parse_args', 'bench_main',
            'latest_results', 'plot_results', 'profile_table', 'plot_profile']
 
-# %% ../nbs/31_bench.ipynb #9139758c
+# %% ../nbs/31_bench.ipynb #707e0ed7
 import argparse, datetime, gc, itertools, json, os, statistics, sys, time
 from pathlib import Path
 import torch
 from .core import get_device
 
-# %% ../nbs/31_bench.ipynb #e4d4c5c9
+# %% ../nbs/31_bench.ipynb #11a8c895
 BATCH = {'small': (8, 2048), 'qwen3-30b-a3b-6l': (4, 4096), 'tiny': (2, 64)}   # preset: (batch, seq_len)
 PEAK_FLOPS = 989e12   # H200 dense bf16 peak, the MFU denominator of hf_anchor.py
 
@@ -36,7 +36,7 @@ def hf_config(c # a `Qwen3MoEConfig`
                 norm_topk_prob=c.norm_topk_prob, max_position_embeddings=4096, output_router_logits=True,
                 router_aux_loss_coef=c.router_aux_loss_coef)
 
-# %% ../nbs/31_bench.ipynb #7dd66bf5
+# %% ../nbs/31_bench.ipynb #9e189556
 def _mark(cuda:bool):
     if not cuda: return time.perf_counter()
     e = torch.cuda.Event(enable_timing=True); e.record()
@@ -61,7 +61,7 @@ def time_fn(fn, device:torch.device, reps:int=10, warmup:int=3)->float:
     "Median ms of `fn()` (for the component profile)."
     return time_steps(fn, reps, warmup, device)['median_ms']
 
-# %% ../nbs/31_bench.ipynb #de1c59ee
+# %% ../nbs/31_bench.ipynb #8ff55bb2
 def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     "Bytes of parameters, gradients and optimizer state (after the optimizer's first step)."
     ps = list(model.parameters())
@@ -69,7 +69,7 @@ def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     return dict(params=sum(nb(p) for p in ps), grads=sum(nb(p) for p in ps if p.requires_grad),
                 optimizer=sum(nb(t) for s in opt.state.values() for t in s.values() if torch.is_tensor(t)))
 
-# %% ../nbs/31_bench.ipynb #2998f6bc
+# %% ../nbs/31_bench.ipynb #f8f879e7
 def random_batches(n:int, B:int, S:int, vocab:int, device, seed:int=0)->list:
     "`n` random (input_ids, labels) batches on `device`; labels = the next token (pithtrain models do not shift)."
     g = torch.Generator().manual_seed(seed)
@@ -109,7 +109,9 @@ def hf_step(c, B:int, S:int, device:torch.device)->tuple:
     "transformers' Qwen3MoeForCausalLM as hf_anchor.py trains it (bf16 weights, grouped_mm experts, fused AdamW)."
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
     torch.manual_seed(0)
-    with torch.device(device): model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**hf_config(c)))
+    try:
+        with torch.device(device): model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**hf_config(c)))
+    except Exception: model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**hf_config(c))).to(device)   # as hf_anchor.py (slower)
     model = model.to(torch.bfloat16 if device.type == 'cuda' else torch.float32).train()   # CPU smoke: fp32 (bf16 is slow there)
     model.set_experts_implementation('grouped_mm')
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({'fused': True} if device.type == 'cuda' else {'foreach': True}))
@@ -120,7 +122,7 @@ def hf_step(c, B:int, S:int, device:torch.device)->tuple:
         opt.step(); opt.zero_grad(set_to_none=True)
     return model, opt, step
 
-# %% ../nbs/31_bench.ipynb #e719b2af
+# %% ../nbs/31_bench.ipynb #8c5dd736
 def _free(device):
     gc.collect()
     if device.type == 'cuda': torch.cuda.empty_cache()
@@ -147,7 +149,7 @@ def measure(name:str,          # 'pithtrain', 'pithtrain+compile' or 'hf'
     del model, opt, step; _free(device)
     return out
 
-# %% ../nbs/31_bench.ipynb #70bdc589
+# %% ../nbs/31_bench.ipynb #d4c61a90
 COMPONENTS = ('attention', 'router', 'dispatch', 'experts', 'cross_entropy', 'optimizer', 'other')
 
 def _dtypes(model, B, S, device, amp):
@@ -223,7 +225,7 @@ def profile_components(model, opt, B:int, S:int, device:torch.device, step_ms:fl
                 ms={n: ms[n] for n in COMPONENTS}, share={n: ms[n] / step_ms for n in COMPONENTS},
                 tflops={n: f / (ms[n] / 1e3) / 1e12 for n, f in flops.items() if ms[n] > 0})
 
-# %% ../nbs/31_bench.ipynb #4738b0b7
+# %% ../nbs/31_bench.ipynb #dea83316
 def full_logits_ce(h, w, labels, **kw):
     "Cross-entropy over the full (T, V) logits upcast to fp32, as transformers computes it."
     import torch.nn.functional as F
@@ -262,7 +264,7 @@ class patched:
     def __exit__(self, *exc):
         if self.patch: setattr(self.patch[0], self.patch[1], self.old)
 
-# %% ../nbs/31_bench.ipynb #f1b012f5
+# %% ../nbs/31_bench.ipynb #37b987cb
 ROW_KEYS = ('preset', 'pithtrain_tokens_per_s', 'hf_tokens_per_s', 'ratio', 'pithtrain_mfu', 'pithtrain_peak_mem_gb',
             'hf_peak_mem_gb', 'pithtrain_activation_mem_gb', 'hf_activation_mem_gb')
 
@@ -295,7 +297,7 @@ def parse_args(argv:list|None=None, prog:str='pithtrain bench'):
     elif not torch.cuda.is_available(): ap.error('no CUDA device: run with --cpu-smoke to check the logic on a CPU')
     return a
 
-# %% ../nbs/31_bench.ipynb #84b6bba8
+# %% ../nbs/31_bench.ipynb #3645887f
 def _versions()->dict:
     import importlib.metadata as md
     v = {'torch': torch.__version__}
@@ -331,8 +333,9 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
         print(f"[{time.perf_counter() - t0:6.1f}s] {preset} {name} B{B}xS{S} ...", flush=True)
         try: m = measure(name, lambda: build(c, B, S), c, B, S, a.steps, a.warmup, device, profile)
         except Exception as e:   # one failure (e.g. out of memory) must not lose the other numbers
-            m = None; detail['skipped'].append(dict(preset=preset, name=name, error=repr(e)[:500])); _free(device)
+            m = None; detail['skipped'].append(dict(preset=preset, name=name, error=repr(e)[:500]))
             print(f"  failed: {e!r}"[:500], flush=True)
+        if m is None: _free(device)   # after the except clause: its traceback no longer holds the model
         if m is not None:
             detail['measurements'].setdefault(preset, []).append(m)
             mem = f", peak {m['peak_mem_gb']:.1f} GB, activations {m['activation_mem_gb']:.1f} GB" if m['peak_mem_gb'] is not None else ''
@@ -360,7 +363,7 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
               f" | ratio {r['ratio'] or 0:.2f}x | MFU {r['pithtrain_mfu'] or 0:.1%}", flush=True)
     return res
 
-# %% ../nbs/31_bench.ipynb #cc5139a4
+# %% ../nbs/31_bench.ipynb #5a2b29c6
 def latest_results(d='benchmarks/results')->tuple:
     "(results, profile) dicts of the newest `e2e-DATE.json` in `d` (and its profile file), or (None, None)."
     fs = sorted(Path(d).glob('e2e-2*.json'))
