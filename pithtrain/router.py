@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['RouterConfig', 'route_scores', 'select_experts', 'gate_weights', 'expert_counts', 'capacity', 'capacity_keep',
-           'balance_loss', 'seq_aux_loss', 'z_loss', 'RouterOutput', 'Router', 'load_stats']
+           'balance_loss', 'seq_aux_loss', 'z_loss', 'RouterOutput', 'recomputing', 'Router', 'load_stats']
 
 # %% ../nbs/01_router.ipynb #00e8a410
 import math
@@ -149,6 +149,10 @@ class RouterOutput(NamedTuple):
     probs: torch.Tensor|None     # (T, E) fp32 routing distribution
     keep: torch.Tensor|None      # (T, k) bool, False for pairs dropped by capacity; None when dropless
 
+def recomputing()->bool:
+    "True inside the autograd engine, i.e. when activation checkpointing re-runs a forward during backward."
+    return torch._C._current_graph_task_id() != -1
+
 class Router(nn.Module):
     "Token → top-k experts with fp32 scores, optional group limit, balancing losses and aux-loss-free bias."
     def __init__(self, hidden:int,        # H
@@ -190,7 +194,7 @@ class Router(nn.Module):
         if cfg.capacity_factor is not None:
             keep = capacity_keep(ids, counts, capacity(x.shape[0], cfg))
             weights = weights.masked_fill(~keep, 0.0)
-        if self.training and self.bias_counts is not None: self.bias_counts += counts
+        if self.training and self.bias_counts is not None and not recomputing(): self.bias_counts += counts
         losses = self._losses(logits, probs, ids, counts, seq_len)
         aux = logits.new_zeros(())
         for name, coef in (('aux', cfg.aux_loss_coef), ('global_aux', cfg.global_aux_loss_coef), ('seq_aux', cfg.seq_aux_loss_coef), ('z', cfg.z_loss_coef)):
@@ -210,6 +214,7 @@ class Router(nn.Module):
 
     def _global_counts(self, counts):
         "Counts of the global batch so far, this micro-batch included (reduced over `group`)."
+        if self.training and recomputing(): return self.global_counts  # the forward already added this micro-batch
         c = counts.to(torch.int64)
         if self.group is not None: dist.all_reduce(c, group=self.group)
         c = self.global_counts + c
