@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['parse_value', 'read_config_file', 'load_config', 'cmd_train', 'cmd_generate', 'cmd_convert', 'parser', 'main']
 
-# %% ../nbs/30_cli.ipynb #4a85434d
+# %% ../nbs/30_cli.ipynb #52eaccdb
 import argparse, json, sys
 from pathlib import Path
 
-# %% ../nbs/30_cli.ipynb #3e394453
+# %% ../nbs/30_cli.ipynb #2310f2b2
 def parse_value(s:str):
     "A `key=value` value: JSON when it parses (numbers, true/false, null, lists), else the string."
     try: return json.loads(s)
@@ -40,7 +40,7 @@ def load_config(path:str|None=None, overrides:list=()):
         if k in d and not isinstance(d[k], str): d[k] = str(d[k])
     return TrainConfig.from_dict(d)
 
-# %% ../nbs/30_cli.ipynb #d8910ce2
+# %% ../nbs/30_cli.ipynb #8689121d
 def cmd_train(a)->int:
     "`pithtrain train`: run `trainer.train` on the merged config."
     from pithtrain.trainer import train, NonFiniteError
@@ -58,8 +58,9 @@ def cmd_train(a)->int:
 
 def cmd_generate(a)->int:
     "`pithtrain generate`: sample text from a checkpoint."
-    from pithtrain.trainer import load_model, generate
+    from pithtrain.trainer import load_model, generate, cpu_threads
     model, tok, meta = load_model(a.checkpoint, a.device)
+    if not next(model.parameters()).is_cuda: cpu_threads(model)
     ctx = meta.get('train_config', {}).get('seq_len', 1024)
     for i in range(a.n):
         text = generate(model, tok, a.prompt, a.max_new_tokens, a.temperature, a.top_k, max_context=ctx,
@@ -87,7 +88,7 @@ def cmd_convert(a)->int:
     print(f"wrote HF checkpoint {out}")
     return 0
 
-# %% ../nbs/30_cli.ipynb #04fe784b
+# %% ../nbs/30_cli.ipynb #6f37f978
 def parser()->argparse.ArgumentParser:
     "The `pithtrain` argument parser."
     ap = argparse.ArgumentParser(prog='pithtrain', description='pithtrain: train Mixture-of-Experts language models.',

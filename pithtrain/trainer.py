@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['TrainConfig', 'build_model', 'prepare', 'checkpoint_blocks', 'compile_dense', 'forward_backward', 'evaluate',
-           'versions', 'Metrics', 'plot_run', 'NonFiniteError', 'train', 'generate', 'load_model']
+           'versions', 'Metrics', 'plot_run', 'cpu_threads', 'NonFiniteError', 'train', 'generate', 'load_model']
 
-# %% ../nbs/23_trainer.ipynb #00109405
+# %% ../nbs/23_trainer.ipynb #5b884357
 import dataclasses, json, math, os, platform, resource, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from .core import Config, ConfigError, choice, check, get_device, seed_everythin
 from .optim import build_optimizer, build_schedule
 from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, init_from, is_hf_checkpoint
 
-# %% ../nbs/23_trainer.ipynb #c6f1da76
+# %% ../nbs/23_trainer.ipynb #bcaf0b6d
 def _pos(v): return v > 0
 def _nonneg(v): return v >= 0
 
@@ -32,7 +32,7 @@ class TrainConfig(Config):
     batch_size:int = check(16, _pos, 'must be > 0')    # sequences per micro-batch
     seq_len:int = check(128, _pos, 'must be > 0')
     grad_accum:int = check(1, _pos, 'must be > 0')     # micro-batches per optimizer step
-    steps:int = check(120, _pos, 'must be > 0')        # optimizer steps in total
+    steps:int = check(600, _pos, 'must be > 0')        # optimizer steps in total
     optimizer:str = choice('adamw', 'muon')
     lr:float = check(3e-3, _pos, 'must be > 0')        # peak learning rate
     min_lr_ratio:float = check(0.1, lambda v: 0 <= v <= 1, 'must be in [0, 1]')
@@ -41,11 +41,11 @@ class TrainConfig(Config):
     beta2:float = check(0.95, lambda v: 0 <= v < 1, 'must be in [0, 1)')
     grad_clip:float = check(1.0, _nonneg, 'must be >= 0 (0: no clipping)')
     schedule:str = choice('cosine', 'wsd', 'constant')
-    warmup:int = check(12, _nonneg, 'must be >= 0')
+    warmup:int = check(30, _nonneg, 'must be >= 0')
     decay_frac:float = check(0.2, lambda v: 0 < v <= 1, 'must be in (0, 1]')  # wsd: share of steps spent decaying
-    eval_every:int = check(60, _nonneg, 'must be >= 0 (0: only at the end)')
+    eval_every:int = check(200, _nonneg, 'must be >= 0 (0: only at the end)')
     eval_batches:int = check(8, _pos, 'must be > 0')
-    log_every:int = check(10, _pos, 'must be > 0')
+    log_every:int = check(20, _pos, 'must be > 0')
     ckpt_every:int = check(0, _nonneg, 'must be >= 0 (0: only at the end)')
     keep_last:int = check(2, _pos, 'must be > 0')
     nan_policy:str = choice('stop', 'skip')
@@ -53,6 +53,7 @@ class TrainConfig(Config):
     compile:bool = False                  # torch.compile the dense (non-MoE) parts of each block
     dtype:str = choice('auto', 'bf16', 'fp32')  # compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU
     device:str = 'auto'
+    threads:int = check(0, _nonneg, 'must be >= 0 (0: auto)')  # CPU threads; 0: 1 for models under 20M parameters, else torch's default
     seed:int = 0
     run_dir:str = ''                      # '' : ./runs/<timestamp>; an existing one resumes from its latest checkpoint
     resume:bool = True                    # continue from the run dir's latest checkpoint when there is one
@@ -68,7 +69,7 @@ class TrainConfig(Config):
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-# %% ../nbs/23_trainer.ipynb #e3a78e5e
+# %% ../nbs/23_trainer.ipynb #100da1bd
 def build_model(cfg:TrainConfig)->nn.Module:
     "The run's model (fp32 parameters, on CPU): Qwen3-MoE from the preset + overrides, or from a HF checkpoint."
     from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
@@ -85,7 +86,7 @@ def prepare(cfg:TrainConfig)->str:
     if (Path(cfg.data)/'meta.json').is_file(): return cfg.data
     return prepare_data(cfg.data, tokenizer=cfg.tokenizer, progress=False)
 
-# %% ../nbs/23_trainer.ipynb #5b871529
+# %% ../nbs/23_trainer.ipynb #1913ad43
 def _blocks(model):
     if not isinstance(getattr(model, 'layers', None), nn.ModuleList):
         raise ConfigError(f"{type(model).__name__} has no `layers` ModuleList: activation_checkpointing/compile need one")
@@ -104,7 +105,7 @@ def compile_dense(model:nn.Module):
         for name, ch in b.named_children():
             if not any(hasattr(m, 'update_bias') for m in ch.modules()): ch.compile()
 
-# %% ../nbs/23_trainer.ipynb #dadef305
+# %% ../nbs/23_trainer.ipynb #87b9593c
 def forward_backward(model:nn.Module, batches:list, # [(input_ids, labels), ...] micro-batches of one step
                      device:torch.device, amp:torch.dtype|None # autocast dtype (None: none)
                     )->tuple:
@@ -134,7 +135,7 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
     model.train(was)
     return (tot / max(n, 1)).item()
 
-# %% ../nbs/23_trainer.ipynb #77d569e8
+# %% ../nbs/23_trainer.ipynb #f4890ed6
 def versions()->dict:
     "Versions of Python and the packages a run depends on, the git commit of pithtrain, and the device."
     import importlib.metadata as md, subprocess
@@ -178,7 +179,7 @@ class Metrics:
         if self.wb is not None: self.wb.finish()
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/23_trainer.ipynb #935fbcdd
+# %% ../nbs/23_trainer.ipynb #1c080338
 def plot_run(run_dir:str|Path)->list:
     "Write loss.png and expert_load.png from a run's metrics.jsonl; return the paths written."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -204,7 +205,14 @@ def plot_run(run_dir:str|Path)->list:
         fig.tight_layout(); fig.savefig(run_dir/'expert_load.png', dpi=100); plt.close(fig); out.append(run_dir/'expert_load.png')
     return out
 
-# %% ../nbs/23_trainer.ipynb #53a0b080
+# %% ../nbs/23_trainer.ipynb #cf9acb93
+def cpu_threads(model:nn.Module, n:int=0)->int:
+    "Set torch's CPU thread count for `model` (n=0: 1 thread under 20M parameters, else unchanged); return the old count."
+    old = torch.get_num_threads()
+    if n == 0 and sum(p.numel() for p in model.parameters()) < 20_000_000: n = 1
+    if n: torch.set_num_threads(n)
+    return old
+
 class NonFiniteError(RuntimeError):
     "The loss or gradient norm became NaN/Inf (with nan_policy='stop')."
 
@@ -227,7 +235,7 @@ def _setup(cfg:TrainConfig, model, loader):
         data_meta['dir'] = ddir
     return device, amp, run_dir, model.to(device), loader, data_meta
 
-# %% ../nbs/23_trainer.ipynb #67b244e6
+# %% ../nbs/23_trainer.ipynb #ee005363
 def _stats(loss, aux, gn, counts, n):
     "Window sums (device tensors) → plain numbers, in one host sync."
     vals = torch.stack([loss, aux, gn]).double().div(n).tolist()
@@ -286,6 +294,7 @@ def train(cfg:TrainConfig,              # the run's config
     zero = lambda: torch.zeros((), device=device)
     w_loss, w_aux, w_gn, w_counts, w_n, w_t0 = zero(), zero(), zero(), None, 0, time.perf_counter()
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
+    old_threads = cpu_threads(model, cfg.threads) if device.type == 'cpu' else None
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc='train', dynamic_ncols=True, file=sys.stderr)
     try:
         with StopSignal() as stop:
@@ -332,6 +341,7 @@ def train(cfg:TrainConfig,              # the run's config
                 summary['checkpoint'] = str(save(step))
     finally:
         bar.close(); metrics.close()
+        if old_threads: torch.set_num_threads(old_threads)
     if cfg.plots and summary['stopped_by'] is None: plot_run(run_dir)
     wall = time.perf_counter() - t_start
     rows = [r for r in metrics.rows() if 'tokens_per_s' in r]
@@ -340,7 +350,7 @@ def train(cfg:TrainConfig,              # the run's config
     say(f"done: step {step}, {wall:.1f} s, run dir {run_dir}")
     return summary
 
-# %% ../nbs/23_trainer.ipynb #0d6af584
+# %% ../nbs/23_trainer.ipynb #a7e3e5a2
 @torch.no_grad()
 def generate(model:nn.Module, tokenizer, # `encode(str)->ids`, `decode(ids)->str`, `eod_id`
              prompt:str, max_new_tokens:int=120, temperature:float=0.8, top_k:int|None=50,
