@@ -8,7 +8,7 @@ __all__ = ['EXPERT_PARAMS', 'check_parallel', 'DistInfo', 'init_distributed', 'd
            'shard_model', 'parallelize', 'clip_grad_norm_', 'per_matrix', 'local_batch', 'reduce_metrics',
            'all_reduce_sum', 'torchrun_command', 'relaunch']
 
-# %% ../nbs/24_distributed.ipynb #945d62ff
+# %% ../nbs/24_distributed.ipynb #b760d7ab
 import os, sys, socket, datetime, tempfile, subprocess
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.distributed as dist
@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
 from .core import get_device, get_dtype
 from .router import Router
 
-# %% ../nbs/24_distributed.ipynb #f972e20e
+# %% ../nbs/24_distributed.ipynb #f668bd24
 def check_parallel(world:int,             # number of processes
                    ep:int=1,              # expert-parallel degree
                    n_experts:int|None=None # routed experts per MoE layer (None: not checked)
@@ -31,7 +31,7 @@ def check_parallel(world:int,             # number of processes
         raise ValueError(f"n_experts={n_experts} is not divisible by ep={ep}: every EP rank holds n_experts/ep whole experts")
     return world // ep
 
-# %% ../nbs/24_distributed.ipynb #1bd6d7ee
+# %% ../nbs/24_distributed.ipynb #49814fa4
 @dataclass
 class DistInfo:
     "Where this process sits: rank, world size and the `(dp, ep)` mesh (None in a plain single process)."
@@ -59,7 +59,7 @@ class DistInfo:
     @property
     def dp_group(self): return self.mesh['dp'].get_group() if self.distributed else None
 
-# %% ../nbs/24_distributed.ipynb #df2b7184
+# %% ../nbs/24_distributed.ipynb #1c171dad
 def init_distributed(ep:int=1,                 # expert-parallel degree (a divisor of the world size)
                      n_experts:int|None=None,  # routed experts per layer, checked against `ep`
                      device:str|None=None,     # 'cuda', 'cpu' or None (CUDA when present)
@@ -87,7 +87,7 @@ def destroy_distributed(info:DistInfo|None=None):
     "Tear the process group down (no-op without one)."
     if dist.is_initialized(): dist.destroy_process_group()
 
-# %% ../nbs/24_distributed.ipynb #d66dd404
+# %% ../nbs/24_distributed.ipynb #411dade7
 def free_port()->int:
     "A free TCP port on this machine (for MASTER_PORT)."
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -97,7 +97,7 @@ def set_torchrun_env(rank:int, world:int, port:int, local_rank:int|None=None):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank if local_rank is None else local_rank),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
 
-# %% ../nbs/24_distributed.ipynb #affbdae0
+# %% ../nbs/24_distributed.ipynb #dee6e11a
 def _spawn_entry(i, world, port, fn, args, out):
     set_torchrun_env(i, world, port); torch.set_num_threads(1)
     try: r = fn(*args)
@@ -113,7 +113,7 @@ def spawn(fn,         # importable function run on every rank; it calls `init_di
         mp.spawn(_spawn_entry, args=(world, free_port(), fn, args, out), nprocs=world, join=True)
         return [torch.load(os.path.join(out, f'rank{i}.pt'), weights_only=False) for i in range(world)]
 
-# %% ../nbs/24_distributed.ipynb #c8809917
+# %% ../nbs/24_distributed.ipynb #d57cda96
 EXPERT_PARAMS = ('w1', 'w2', 'b1', 'b2')
 
 def expert_holders(model:nn.Module)->list[tuple[str, nn.Module]]:
@@ -144,7 +144,7 @@ def split_experts(model:nn.Module, info:DistInfo)->nn.Module:
         m.ep_group, m.expert_offset = info.ep_group, info.ep_rank * El     # what `MoE.forward` reads
     return model
 
-# %% ../nbs/24_distributed.ipynb #98089663
+# %% ../nbs/24_distributed.ipynb #bc335091
 def mp_policy(device:torch.device|str|None=None, # decides the default compute dtype
               dtype:str|torch.dtype|None=None    # compute dtype; None: bf16 on CUDA, fp32 on CPU
              )->MixedPrecisionPolicy:
@@ -165,15 +165,18 @@ def shard_model(model:nn.Module,               # built whole (and cut by `split_
     "Apply FSDP2: expert holders over their `dp` group, blocks and the rest over all ranks."
     if not info.distributed: return model
     kw = dict(mp_policy=mp_policy(info.device, dtype), reshard_after_forward=reshard_after_forward)
+    fp32 = dict(kw, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32))
+    for r in [m for m in model.modules() if isinstance(m, Router)]: fully_shard(r, mesh=info.flat, **fp32)
     for _, m in expert_holders(model):
-        for c in m.children(): fully_shard(c, mesh=info.flat, **kw)
+        for c in m.children():
+            if not isinstance(c, Router): fully_shard(c, mesh=info.flat, **kw)
         fully_shard(m, mesh=info.mesh['dp'], **kw)
         m.set_gradient_divide_factor(float(info.world))
         if info.device.type != 'cuda' and info.dp > 1: m.set_force_sum_reduction_for_comms(True)  # gloo: no PREMUL_SUM
     for b in _blocks(model): fully_shard(b, mesh=info.flat, **kw)
     return fully_shard(model, mesh=info.flat, **kw)
 
-# %% ../nbs/24_distributed.ipynb #710a239b
+# %% ../nbs/24_distributed.ipynb #58bfac0a
 def parallelize(model:nn.Module,                 # built whole, the same on every rank (same seed)
                 info:DistInfo,                   # from `init_distributed`
                 dtype:str|torch.dtype|None=None  # compute dtype of the gathered parameters
@@ -185,7 +188,7 @@ def parallelize(model:nn.Module,                 # built whole, the same on ever
         if isinstance(m, Router): m.group = info.group
     return shard_model(model, info, dtype)
 
-# %% ../nbs/24_distributed.ipynb #82e2786a
+# %% ../nbs/24_distributed.ipynb #7029f7fd
 @torch.no_grad()
 def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors on any 1-D mesh)
                     max_norm:float,      # clip to this global L2 norm; <= 0 or inf: only measure
@@ -209,7 +212,7 @@ def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors o
     if 0 < max_norm < float('inf'): torch._foreach_mul_(local, (max_norm / (norm + 1e-6)).clamp(max=1.0).to(local[0].dtype))
     return norm
 
-# %% ../nbs/24_distributed.ipynb #7681b742
+# %% ../nbs/24_distributed.ipynb #1b3ffff3
 def per_matrix(fn,             # maps a matrix (or a batch of matrices, leading dims) to one of the same shape
                g:torch.Tensor  # plain tensor or FSDP2 DTensor (Shard(0) on a 1-D mesh)
               )->torch.Tensor:
@@ -219,7 +222,7 @@ def per_matrix(fn,             # maps a matrix (or a batch of matrices, leading 
     else: local = distribute_tensor(fn(g.full_tensor()), g.device_mesh, g.placements, src_data_rank=None).to_local()
     return DTensor.from_local(local, g.device_mesh, g.placements, shape=g.shape, stride=g.stride(), run_check=False)
 
-# %% ../nbs/24_distributed.ipynb #a3eed231
+# %% ../nbs/24_distributed.ipynb #c02f704b
 def local_batch(x:torch.Tensor, info:DistInfo)->torch.Tensor:
     "This rank's contiguous slice (dim 0) of a global batch; the batch must split evenly."
     if x.shape[0] % info.world: raise ValueError(f"global batch of {x.shape[0]} rows does not split over {info.world} ranks: use a multiple of {info.world}")
@@ -243,7 +246,7 @@ def all_reduce_sum(t:torch.Tensor, info:DistInfo)->torch.Tensor:
     if info.distributed: t = t.clone(); dist.all_reduce(t)
     return t
 
-# %% ../nbs/24_distributed.ipynb #84162a5e
+# %% ../nbs/24_distributed.ipynb #28e54121
 def torchrun_command(nproc:int,                 # processes on this machine (one per GPU)
                      args:list,                 # the module's own arguments, e.g. ['train', '--ep', '2']
                      module:str='pithtrain.cli' # run as `python -m module`
