@@ -76,3 +76,24 @@ def test_bad_config_is_clear(tmp_path):
     assert not (tmp_path/'a').exists()
     r = subprocess.run([sys.executable, '-c', "import sys; from pithtrain.cli import main; sys.exit(main(['train', 'steps=0']))"], capture_output=True, text=True)
     assert r.returncode == 2 and 'TrainConfig.steps = 0: must be > 0' in r.stderr, r.stderr
+
+def test_loggers_missing_is_a_warning(tmp_path, capsys):
+    "wandb/tensorboard asked for but not installed: a warning, and the run goes on."
+    s = train(cfg(tmp_path, steps=2, wandb=True, tensorboard=True), progress=False)
+    assert s['step'] == 2
+
+@pytest.mark.gpu
+def test_cuda_bf16_run_resume_and_mfu(tmp_path):
+    "On CUDA: bf16 autocast over fp32 master weights, fused AdamW, MFU logged, resume works, loss falls."
+    c = TrainConfig(run_dir=str(tmp_path), batch_size=8, seq_len=128, steps=40, warmup=4, log_every=5, eval_every=20, device='cuda')
+    s = train(c, progress=False, stop_after=20)
+    assert s['stopped_by'] == 'stop_after'
+    s = train(c, progress=False)
+    assert s['start_step'] == 20 and s['step'] == 40
+    rows = [json.loads(l) for l in (tmp_path/'metrics.jsonl').read_text().splitlines()]
+    tr = [r for r in rows if 'loss' in r]
+    assert all('mfu' in r and r['peak_mem_gb'] > 0 for r in tr)
+    assert tr[-1]['loss'] < 0.8 * tr[0]['loss']
+    assert (tmp_path/'loss.png').exists() and (tmp_path/'expert_load.png').exists()
+    model, tok, meta = load_model(tmp_path, 'cuda')
+    assert next(model.parameters()).dtype == torch.float32
