@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['parse_value', 'read_config_file', 'load_config', 'cmd_train', 'cmd_generate', 'cmd_convert', 'parser', 'main']
 
-# %% ../nbs/30_cli.ipynb #52eaccdb
+# %% ../nbs/30_cli.ipynb #3d885f8a
 import argparse, json, sys
 from pathlib import Path
 
-# %% ../nbs/30_cli.ipynb #2310f2b2
+# %% ../nbs/30_cli.ipynb #fe01230c
 def parse_value(s:str):
     "A `key=value` value: JSON when it parses (numbers, true/false, null, lists), else the string."
     try: return json.loads(s)
@@ -40,12 +40,12 @@ def load_config(path:str|None=None, overrides:list=()):
         if k in d and not isinstance(d[k], str): d[k] = str(d[k])
     return TrainConfig.from_dict(d)
 
-# %% ../nbs/30_cli.ipynb #8689121d
+# %% ../nbs/30_cli.ipynb #a7b123ab
 def cmd_train(a)->int:
     "`pithtrain train`: run `trainer.train` on the merged config."
     from pithtrain.trainer import train, NonFiniteError
     cfg = load_config(a.config, a.overrides)
-    try: s = train(cfg, progress=not a.quiet)
+    try: s = train(cfg, progress=False if a.quiet else None)
     except NonFiniteError as e: print(f"error: {e}", file=sys.stderr); return 1
     if s['stopped_by']:
         print(f"stopped by {s['stopped_by']} at step {s['step']}; resume with: pithtrain train run_dir={s['run_dir']}")
@@ -88,7 +88,7 @@ def cmd_convert(a)->int:
     print(f"wrote HF checkpoint {out}")
     return 0
 
-# %% ../nbs/30_cli.ipynb #6f37f978
+# %% ../nbs/30_cli.ipynb #54535063
 def parser()->argparse.ArgumentParser:
     "The `pithtrain` argument parser."
     ap = argparse.ArgumentParser(prog='pithtrain', description='pithtrain: train Mixture-of-Experts language models.',

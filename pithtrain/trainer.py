@@ -6,7 +6,7 @@
 __all__ = ['TrainConfig', 'build_model', 'prepare', 'checkpoint_blocks', 'compile_dense', 'forward_backward', 'evaluate',
            'versions', 'Metrics', 'plot_run', 'cpu_threads', 'NonFiniteError', 'train', 'generate', 'load_model']
 
-# %% ../nbs/23_trainer.ipynb #e4616a6d
+# %% ../nbs/23_trainer.ipynb #a18af51d
 import dataclasses, json, math, os, platform, resource, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from .core import Config, ConfigError, choice, check, get_device, seed_everythin
 from .optim import build_optimizer, build_schedule
 from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, init_from, is_hf_checkpoint
 
-# %% ../nbs/23_trainer.ipynb #52333a3b
+# %% ../nbs/23_trainer.ipynb #50cafc0d
 def _pos(v): return v > 0
 def _nonneg(v): return v >= 0
 
@@ -69,7 +69,7 @@ class TrainConfig(Config):
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-# %% ../nbs/23_trainer.ipynb #ab59f699
+# %% ../nbs/23_trainer.ipynb #d71cdb89
 def build_model(cfg:TrainConfig)->nn.Module:
     "The run's model (fp32 parameters, on CPU): Qwen3-MoE from the preset + overrides, or from a HF checkpoint."
     from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
@@ -86,7 +86,7 @@ def prepare(cfg:TrainConfig)->str:
     if (Path(cfg.data)/'meta.json').is_file(): return cfg.data
     return prepare_data(cfg.data, tokenizer=cfg.tokenizer, progress=False)
 
-# %% ../nbs/23_trainer.ipynb #6af25cf9
+# %% ../nbs/23_trainer.ipynb #92d0c134
 def _blocks(model):
     if not isinstance(getattr(model, 'layers', None), nn.ModuleList):
         raise ConfigError(f"{type(model).__name__} has no `layers` ModuleList: activation_checkpointing/compile need one")
@@ -105,7 +105,7 @@ def compile_dense(model:nn.Module):
         for name, ch in b.named_children():
             if not any(hasattr(m, 'update_bias') for m in ch.modules()): ch.compile()
 
-# %% ../nbs/23_trainer.ipynb #0cd7b9b8
+# %% ../nbs/23_trainer.ipynb #c322e934
 def forward_backward(model:nn.Module, batches:list, # [(input_ids, labels), ...] micro-batches of one step
                      device:torch.device, amp:torch.dtype|None # autocast dtype (None: none)
                     )->tuple:
@@ -135,7 +135,7 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
     model.train(was)
     return (tot / max(n, 1)).item()
 
-# %% ../nbs/23_trainer.ipynb #556b46df
+# %% ../nbs/23_trainer.ipynb #73971c6d
 def versions()->dict:
     "Versions of Python and the packages a run depends on, the git commit of pithtrain, and the device."
     import importlib.metadata as md, subprocess
@@ -179,7 +179,7 @@ class Metrics:
         if self.wb is not None: self.wb.finish()
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/23_trainer.ipynb #f35177b7
+# %% ../nbs/23_trainer.ipynb #86116cce
 def plot_run(run_dir:str|Path)->list:
     "Write loss.png and expert_load.png from a run's metrics.jsonl; return the paths written."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -205,7 +205,7 @@ def plot_run(run_dir:str|Path)->list:
         fig.tight_layout(); fig.savefig(run_dir/'expert_load.png', dpi=100); plt.close(fig); out.append(run_dir/'expert_load.png')
     return out
 
-# %% ../nbs/23_trainer.ipynb #5bc14655
+# %% ../nbs/23_trainer.ipynb #e772db74
 def cpu_threads(model:nn.Module, n:int=0)->int:
     "Set torch's CPU thread count for `model` (n=0: 1 thread under 20M parameters, else unchanged); return the old count."
     old = torch.get_num_threads()
@@ -235,7 +235,7 @@ def _setup(cfg:TrainConfig, model, loader):
         data_meta['dir'] = ddir
     return device, amp, run_dir, model.to(device), loader, data_meta
 
-# %% ../nbs/23_trainer.ipynb #78fa6d9f
+# %% ../nbs/23_trainer.ipynb #8f2867f3
 def _stats(loss, aux, gn, counts, n):
     "Window sums (device tensors) → plain numbers, in one host sync."
     vals = torch.stack([loss, aux, gn]).double().div(n).tolist()
@@ -254,7 +254,7 @@ def train(cfg:TrainConfig,              # the run's config
           loader=None,                  # training batches: `next_batch()` + state_dict (None: from `cfg.data`)
           val_loader=None,              # validation batches: an iterable of (ids, labels) (None: the data's val split)
           stop_after:int|None=None,     # stop (checkpoint and return) after this many steps in this call
-          progress:bool=True            # tqdm bar and printed log lines
+          progress:bool|None=None       # None: log lines, and a tqdm bar when stderr is a terminal; True: both; False: silent
          )->dict:
     "Train per `cfg` in `cfg.run_dir`; return a summary (run_dir, step, first/last loss, val loss, tokens/s, wall time, checkpoint)."
     from tqdm.auto import tqdm
@@ -280,7 +280,8 @@ def train(cfg:TrainConfig,              # the run's config
     params = [p for p in model.parameters() if p.requires_grad]
     fpt = model.flops_per_token(cfg.seq_len) if hasattr(model, 'flops_per_token') else 0
     tok_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
-    say = (lambda s: tqdm.write(s)) if progress else (lambda s: None)
+    bar_on = progress or (progress is None and sys.stderr.isatty())
+    say = (lambda s: tqdm.write(s)) if bar_on else print if progress is None else (lambda s: None)
     summary = dict(run_dir=str(run_dir), start_step=step, first_loss=None, last_loss=None, val_loss=None, skipped=0, stopped_by=None)
 
     def save(s): return save_checkpoint(ckpt_dir, s, model, opt, sched, loader, extra, cfg.keep_last)
@@ -295,7 +296,7 @@ def train(cfg:TrainConfig,              # the run's config
     w_loss, w_aux, w_gn, w_counts, w_n, w_t0 = zero(), zero(), zero(), None, 0, time.perf_counter()
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     old_threads = cpu_threads(model, cfg.threads) if device.type == 'cpu' else None
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc='train', dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not bar_on, desc='train', dynamic_ncols=True, file=sys.stderr)
     try:
         with StopSignal() as stop:
             while step < cfg.steps:
@@ -350,7 +351,7 @@ def train(cfg:TrainConfig,              # the run's config
     say(f"done: step {step}, {wall:.1f} s, run dir {run_dir}")
     return summary
 
-# %% ../nbs/23_trainer.ipynb #4fa75d38
+# %% ../nbs/23_trainer.ipynb #dc74c40b
 @torch.no_grad()
 def generate(model:nn.Module, tokenizer, # `encode(str)->ids`, `decode(ids)->str`, `eod_id`
              prompt:str, max_new_tokens:int=120, temperature:float=0.8, top_k:int|None=50,
