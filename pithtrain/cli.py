@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['parse_value', 'read_config_file', 'load_config', 'cmd_train', 'cmd_generate', 'cmd_convert', 'parser', 'main']
 
-# %% ../nbs/30_cli.ipynb #3d885f8a
-import argparse, json, sys
+# %% ../nbs/30_cli.ipynb #c2232381
+import argparse, dataclasses, json, sys
 from pathlib import Path
 
-# %% ../nbs/30_cli.ipynb #fe01230c
+# %% ../nbs/30_cli.ipynb #a49b1bdf
 def parse_value(s:str):
     "A `key=value` value: JSON when it parses (numbers, true/false, null, lists), else the string."
     try: return json.loads(s)
@@ -40,7 +40,7 @@ def load_config(path:str|None=None, overrides:list=()):
         if k in d and not isinstance(d[k], str): d[k] = str(d[k])
     return TrainConfig.from_dict(d)
 
-# %% ../nbs/30_cli.ipynb #a7b123ab
+# %% ../nbs/30_cli.ipynb #02ae2f0d
 def cmd_train(a)->int:
     "`pithtrain train`: run `trainer.train` on the merged config."
     from pithtrain.trainer import train, NonFiniteError
@@ -88,13 +88,18 @@ def cmd_convert(a)->int:
     print(f"wrote HF checkpoint {out}")
     return 0
 
-# %% ../nbs/30_cli.ipynb #54535063
+# %% ../nbs/30_cli.ipynb #6183b70f
 def parser()->argparse.ArgumentParser:
     "The `pithtrain` argument parser."
     ap = argparse.ArgumentParser(prog='pithtrain', description='pithtrain: train Mixture-of-Experts language models.',
                                  epilog="run 'pithtrain COMMAND --help' for a command's options")
     sub = ap.add_subparsers(dest='cmd', metavar='COMMAND', required=True)
+    from pithtrain.trainer import TrainConfig
+    fields = '\n'.join(f"  {f.name} = {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r}"
+                       + (f"  (one of {list(f.metadata['choices'])})" if 'choices' in f.metadata else f"  ({f.metadata['why']})" if 'why' in f.metadata else '')
+                       for f in dataclasses.fields(TrainConfig))
     t = sub.add_parser('train', help='train a model (no arguments: the tiny preset on the built-in corpus)',
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"TrainConfig fields and their defaults:\n{fields}",
                        description="Train a model. Settings are TrainConfig fields, from --config and/or key=value overrides "
                                    "(model.FIELD=VALUE for the model preset). An existing run_dir resumes from its latest checkpoint.")
     t.add_argument('--config', '-c', help='a .toml or .json file of TrainConfig fields (a [model] table for model overrides)')

@@ -6,7 +6,7 @@
 __all__ = ['TrainConfig', 'build_model', 'prepare', 'checkpoint_blocks', 'compile_dense', 'forward_backward', 'evaluate',
            'versions', 'Metrics', 'plot_run', 'cpu_threads', 'NonFiniteError', 'train', 'generate', 'load_model']
 
-# %% ../nbs/23_trainer.ipynb #a18af51d
+# %% ../nbs/23_trainer.ipynb #29fa8594
 import dataclasses, json, math, os, platform, resource, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from .core import Config, ConfigError, choice, check, get_device, seed_everythin
 from .optim import build_optimizer, build_schedule
 from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, init_from, is_hf_checkpoint
 
-# %% ../nbs/23_trainer.ipynb #50cafc0d
+# %% ../nbs/23_trainer.ipynb #f505daa3
 def _pos(v): return v > 0
 def _nonneg(v): return v >= 0
 
@@ -46,7 +46,7 @@ class TrainConfig(Config):
     eval_every:int = check(200, _nonneg, 'must be >= 0 (0: only at the end)')
     eval_batches:int = check(8, _pos, 'must be > 0')
     log_every:int = check(20, _pos, 'must be > 0')
-    ckpt_every:int = check(0, _nonneg, 'must be >= 0 (0: only at the end)')
+    ckpt_every:int = check(500, _nonneg, 'must be >= 0 (0: only at the end)')
     keep_last:int = check(2, _pos, 'must be > 0')
     nan_policy:str = choice('stop', 'skip')
     activation_checkpointing:bool = False
@@ -69,15 +69,12 @@ class TrainConfig(Config):
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-# %% ../nbs/23_trainer.ipynb #d71cdb89
+# %% ../nbs/23_trainer.ipynb #a8237cc9
 def build_model(cfg:TrainConfig)->nn.Module:
     "The run's model (fp32 parameters, on CPU): Qwen3-MoE from the preset + overrides, or from a HF checkpoint."
     from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
     if cfg.init_from and is_hf_checkpoint(cfg.init_from): return Qwen3MoE.from_hf(cfg.init_from)
-    mc = Qwen3MoEConfig.preset(cfg.preset)
-    try: mc = mc.replace(**cfg.model)
-    except TypeError as e: raise ConfigError(f"TrainConfig.model has a field Qwen3MoEConfig does not know: {e}") from None
-    return Qwen3MoE(mc)
+    return Qwen3MoE(Qwen3MoEConfig.from_dict({**Qwen3MoEConfig.preset(cfg.preset).to_dict(), **cfg.model}))
 
 def prepare(cfg:TrainConfig)->str:
     "The dataset directory for `cfg.data` (tokenizing it first when needed)."
@@ -86,7 +83,7 @@ def prepare(cfg:TrainConfig)->str:
     if (Path(cfg.data)/'meta.json').is_file(): return cfg.data
     return prepare_data(cfg.data, tokenizer=cfg.tokenizer, progress=False)
 
-# %% ../nbs/23_trainer.ipynb #92d0c134
+# %% ../nbs/23_trainer.ipynb #f7e18142
 def _blocks(model):
     if not isinstance(getattr(model, 'layers', None), nn.ModuleList):
         raise ConfigError(f"{type(model).__name__} has no `layers` ModuleList: activation_checkpointing/compile need one")
@@ -105,7 +102,7 @@ def compile_dense(model:nn.Module):
         for name, ch in b.named_children():
             if not any(hasattr(m, 'update_bias') for m in ch.modules()): ch.compile()
 
-# %% ../nbs/23_trainer.ipynb #c322e934
+# %% ../nbs/23_trainer.ipynb #78efd491
 def forward_backward(model:nn.Module, batches:list, # [(input_ids, labels), ...] micro-batches of one step
                      device:torch.device, amp:torch.dtype|None # autocast dtype (None: none)
                     )->tuple:
@@ -135,7 +132,7 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
     model.train(was)
     return (tot / max(n, 1)).item()
 
-# %% ../nbs/23_trainer.ipynb #73971c6d
+# %% ../nbs/23_trainer.ipynb #ec977388
 def versions()->dict:
     "Versions of Python and the packages a run depends on, the git commit of pithtrain, and the device."
     import importlib.metadata as md, subprocess
@@ -179,7 +176,7 @@ class Metrics:
         if self.wb is not None: self.wb.finish()
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/23_trainer.ipynb #86116cce
+# %% ../nbs/23_trainer.ipynb #2719205d
 def plot_run(run_dir:str|Path)->list:
     "Write loss.png and expert_load.png from a run's metrics.jsonl; return the paths written."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -205,7 +202,7 @@ def plot_run(run_dir:str|Path)->list:
         fig.tight_layout(); fig.savefig(run_dir/'expert_load.png', dpi=100); plt.close(fig); out.append(run_dir/'expert_load.png')
     return out
 
-# %% ../nbs/23_trainer.ipynb #e772db74
+# %% ../nbs/23_trainer.ipynb #307174bf
 def cpu_threads(model:nn.Module, n:int=0)->int:
     "Set torch's CPU thread count for `model` (n=0: 1 thread under 20M parameters, else unchanged); return the old count."
     old = torch.get_num_threads()
@@ -235,7 +232,7 @@ def _setup(cfg:TrainConfig, model, loader):
         data_meta['dir'] = ddir
     return device, amp, run_dir, model.to(device), loader, data_meta
 
-# %% ../nbs/23_trainer.ipynb #8f2867f3
+# %% ../nbs/23_trainer.ipynb #679692c6
 def _stats(loss, aux, gn, counts, n):
     "Window sums (device tensors) → plain numbers, in one host sync."
     vals = torch.stack([loss, aux, gn]).double().div(n).tolist()
@@ -351,7 +348,7 @@ def train(cfg:TrainConfig,              # the run's config
     say(f"done: step {step}, {wall:.1f} s, run dir {run_dir}")
     return summary
 
-# %% ../nbs/23_trainer.ipynb #dc74c40b
+# %% ../nbs/23_trainer.ipynb #659cb523
 @torch.no_grad()
 def generate(model:nn.Module, tokenizer, # `encode(str)->ids`, `decode(ids)->str`, `eod_id`
              prompt:str, max_new_tokens:int=120, temperature:float=0.8, top_k:int|None=50,
