@@ -6,13 +6,13 @@
 __all__ = ['RoutingPlan', 'make_plan_torch', 'make_plan_triton', 'make_plan', 'gather_torch', 'combine_torch', 'gather',
            'combine']
 
-# %% ../nbs/02_dispatch.ipynb #98705a6d
+# %% ../nbs/02_dispatch.ipynb #fb8d99a0
 from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
 
-# %% ../nbs/02_dispatch.ipynb #64b51679
+# %% ../nbs/02_dispatch.ipynb #95006c73
 class RoutingPlan(NamedTuple):
     "Where each (token, expert) pair goes: rows grouped by expert, stable in token order."
     order: torch.Tensor      # (N,) int64: flattened pair t·k+j at each plan row (-1 for padding)
@@ -23,7 +23,7 @@ class RoutingPlan(NamedTuple):
     valid: torch.Tensor|None = None  # (N,) bool, False on padding rows; None when no row is padding
     top_k: int = 1           # k, the pairs per token
 
-# %% ../nbs/02_dispatch.ipynb #7ff0d0d5
+# %% ../nbs/02_dispatch.ipynb #b67c6157
 def _check_ids(ids, n_experts, pad_to, debug):
     "Validate `make_plan`'s arguments; the value check syncs, so on CUDA it runs only with `debug`."
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2: raise ValueError(f"ids must be a (T, k) tensor, got {getattr(ids, 'shape', type(ids))}")
@@ -34,7 +34,7 @@ def _check_ids(ids, n_experts, pad_to, debug):
         lo, hi = ids.min().item(), ids.max().item()
         if lo < 0 or hi >= n_experts: raise ValueError(f"expert id out of range: ids must lie in [0, n_experts={n_experts}), got min {lo}, max {hi}")
 
-# %% ../nbs/02_dispatch.ipynb #3817c465
+# %% ../nbs/02_dispatch.ipynb #0958b3a8
 def _plan_rows(sorted_e, counts, pad_to):
     "Padded offsets and the plan row of each sorted pair, from the sorted expert ids and counts."
     E, M = counts.numel(), sorted_e.numel()
@@ -68,60 +68,81 @@ def make_plan_torch(ids:torch.Tensor, # (T, k) expert ids
     offsets, rows = _plan_rows(sorted_e, counts, pad_to)
     return _finish_plan(order, rows, offsets, counts, flat.numel(), k, pad_to)
 
-# %% ../nbs/02_dispatch.ipynb #6586c2c8
+# %% ../nbs/02_dispatch.ipynb #3e510137
 @triton.jit
-def _hist_kernel(ids_ptr, hist_ptr, M, E, BLOCK: tl.constexpr, EP: tl.constexpr):
+def _onehot(ids_ptr, i, M, EP: tl.constexpr):
+    "Expert ids of pairs `i` (-1 past M) and their (len(i), EP) one-hot matrix."
+    e = tl.load(ids_ptr + i, mask=i < M, other=-1).to(tl.int32)
+    return e, (e[:, None] == tl.arange(0, EP)[None, :]).to(tl.int32)
+
+@triton.jit
+def _hist_kernel(ids_ptr, hist_ptr, M, E, BLOCK: tl.constexpr, C: tl.constexpr, EP: tl.constexpr):
     "hist[b, e] = number of pairs with expert e in block b."
     b = tl.program_id(0).to(tl.int64)
-    i = b * BLOCK + tl.arange(0, BLOCK)
-    e = tl.load(ids_ptr + i, mask=i < M, other=-1)
+    cnt = tl.zeros([EP], tl.int32)
+    for c0 in range(0, BLOCK, C):
+        _, oh = _onehot(ids_ptr, b * BLOCK + c0 + tl.arange(0, C), M, EP)
+        cnt += tl.sum(oh, axis=0)
     ex = tl.arange(0, EP)
-    cnt = tl.sum((e[:, None] == ex[None, :]).to(tl.int32), axis=0)
     tl.store(hist_ptr + b * E + ex, cnt, mask=ex < E)
 
 @triton.jit
-def _place_kernel(ids_ptr, base_ptr, order_ptr, tok_ptr, inv_ptr, M, E, K, BLOCK: tl.constexpr):
-    "Each pair's plan row = base[block, expert] + its rank among earlier same-expert pairs of the block."
-    b = tl.program_id(0).to(tl.int64)
-    j = tl.arange(0, BLOCK)
-    i = b * BLOCK + j
-    m = i < M
-    e = tl.load(ids_ptr + i, mask=m, other=-1)
-    before = (e[:, None] == e[None, :]) & (j[None, :] < j[:, None])
-    rank = tl.sum(before.to(tl.int32), axis=1).to(tl.int64)
-    row = tl.load(base_ptr + b * E + e, mask=m, other=0) + rank
-    tl.store(inv_ptr + i, row, mask=m)
-    tl.store(order_ptr + row, i, mask=m)
-    tl.store(tok_ptr + row, i // K, mask=m)
+def _place_kernel(ids_ptr, hist_ptr, order_ptr, tok_ptr, inv_ptr, offs_ptr, counts_ptr, M, E, K, NB, PAD,
+                  BLOCK: tl.constexpr, C: tl.constexpr, EP: tl.constexpr, RB: tl.constexpr):
+    "Each pair's plan row = group start + earlier blocks' count + its rank within the block."
+    b = tl.program_id(0)
+    ex = tl.arange(0, EP)
+    total = tl.zeros([EP], tl.int64)
+    before = tl.zeros([EP], tl.int64)
+    for r0 in range(0, NB, RB):  # column sums of the histogram: all blocks, and those before b
+        r = r0 + tl.arange(0, RB)
+        hrow = tl.load(hist_ptr + r.to(tl.int64)[:, None] * E + ex[None, :], mask=(r < NB)[:, None] & (ex < E)[None, :], other=0).to(tl.int64)
+        total += tl.sum(hrow, axis=0)
+        before += tl.sum(tl.where((r < b)[:, None], hrow, 0), axis=0)
+    padded = (total + PAD - 1) // PAD * PAD
+    ends = tl.cumsum(padded, 0)
+    base = ends - padded + before
+    if b == 0:
+        tl.store(counts_ptr + ex, total.to(tl.int32), mask=ex < E)
+        tl.store(offs_ptr + ex, (ends - padded).to(tl.int32), mask=ex < E)
+        tl.store(offs_ptr + E, tl.sum(padded, 0).to(tl.int32))
+    for c0 in range(0, BLOCK, C):
+        i = b.to(tl.int64) * BLOCK + c0 + tl.arange(0, C)
+        m = i < M
+        e, oh = _onehot(ids_ptr, i, M, EP)
+        rank = tl.sum(tl.where(oh != 0, tl.cumsum(oh, 0).to(tl.int64) - 1 + base[None, :], 0), axis=1)
+        base += tl.sum(oh, axis=0).to(tl.int64)
+        tl.store(inv_ptr + i, rank, mask=m)
+        tl.store(order_ptr + rank, i, mask=m)
+        tl.store(tok_ptr + rank, i // K, mask=m)
 
-# %% ../nbs/02_dispatch.ipynb #87f2134d
-_PLAN_BLOCK = 128
+# %% ../nbs/02_dispatch.ipynb #2d1c9b5f
+_PLAN_BLOCK = 1024
 
 def make_plan_triton(ids:torch.Tensor, # (T, k) expert ids
                      n_experts:int,    # E
                      pad_to:int=1      # pad every group to a multiple of this
                     )->RoutingPlan:
-    "Routing plan by a two-pass Triton counting sort; equal to `make_plan_torch`, no host sync."
+    "Routing plan by a two-launch Triton counting sort; equal to `make_plan_torch`, no host sync."
     T, k = ids.shape
-    flat, E, dev = ids.reshape(-1).long().contiguous(), n_experts, ids.device
-    M, B = flat.numel(), _PLAN_BLOCK
+    flat, E, dev = ids.reshape(-1).contiguous(), n_experts, ids.device
+    M, B, EP = flat.numel(), _PLAN_BLOCK, triton.next_power_of_2(E)
+    C = max(16, min(128, 8192 // EP))  # chunk rows: keeps the C × EP one-hot tile small
     nb = max(triton.cdiv(M, B), 1)
-    hist = torch.zeros(nb, E, dtype=torch.int32, device=dev)
-    if M: _hist_kernel[(nb,)](flat, hist, M, E, BLOCK=B, EP=triton.next_power_of_2(E))
-    counts = hist.sum(0, dtype=torch.int64)
-    padded = counts if pad_to == 1 else (counts + pad_to - 1) // pad_to * pad_to
-    offsets = torch.zeros(E + 1, dtype=torch.int64, device=dev)
-    offsets[1:] = torch.cumsum(padded, 0)
-    base = (offsets[:-1][None, :] + torch.cumsum(hist, 0, dtype=torch.int64) - hist).contiguous()
     N = M if pad_to == 1 else M + E * (pad_to - 1)
     order = torch.full((N,), -1, dtype=torch.int64, device=dev) if pad_to > 1 else torch.empty(N, dtype=torch.int64, device=dev)
     token_idx = torch.zeros(N, dtype=torch.int64, device=dev) if pad_to > 1 else torch.empty(N, dtype=torch.int64, device=dev)
     inv = torch.empty(M, dtype=torch.int64, device=dev)
-    if M: _place_kernel[(nb,)](flat, base, order, token_idx, inv, M, E, k, BLOCK=B)
+    hist = torch.empty(nb, E, dtype=torch.int32, device=dev)
+    offsets = torch.empty(E + 1, dtype=torch.int32, device=dev)
+    counts = torch.empty(E, dtype=torch.int32, device=dev)
+    _hist_kernel[(nb,)](flat, hist, M, E, BLOCK=B, C=C, EP=EP)
+    _place_kernel[(nb,)](flat, hist, order, token_idx, inv, offsets, counts, M, E, k, nb, pad_to,
+                         BLOCK=B, C=C, EP=EP, RB=max(1, min(64, 8192 // EP)), num_warps=8)
     valid = order >= 0 if pad_to > 1 else None
-    return RoutingPlan(order, token_idx, offsets.to(torch.int32), counts.to(torch.int32), inv, valid, k)
+    return RoutingPlan(order, token_idx, offsets, counts, inv, valid, k)
 
-# %% ../nbs/02_dispatch.ipynb #e6774e7c
+# %% ../nbs/02_dispatch.ipynb #8b61def4
 def _pick(t:torch.Tensor, use_triton:bool|None)->bool:
     "Triton when asked, else for CUDA tensors."
     return t.is_cuda if use_triton is None else use_triton
@@ -136,7 +157,7 @@ def make_plan(ids:torch.Tensor,            # (T, k) int64 expert ids
     _check_ids(ids, n_experts, pad_to, debug)
     return (make_plan_triton if _pick(ids, use_triton) else make_plan_torch)(ids, n_experts, pad_to)
 
-# %% ../nbs/02_dispatch.ipynb #f2991845
+# %% ../nbs/02_dispatch.ipynb #4d2b00cd
 def _check_gather(x, plan):
     if x.dim() != 2: raise ValueError(f"x must be (T, H), got shape {tuple(x.shape)}")
     if x.shape[0] * plan.top_k != plan.inv.numel():
@@ -161,7 +182,7 @@ def combine_torch(rows:torch.Tensor, weights:torch.Tensor, plan:RoutingPlan)->to
     w = torch.where(ok, weights.reshape(-1).float(), 0)
     return (r * w[:, None]).view(T, k, rows.shape[1]).sum(1).to(rows.dtype)
 
-# %% ../nbs/02_dispatch.ipynb #80973824
+# %% ../nbs/02_dispatch.ipynb #df75ec6e
 @triton.jit
 def _gather_kernel(x_ptr, tok_ptr, order_ptr, out_ptr, N, H,
                    HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
@@ -207,7 +228,7 @@ def _combine_bwd_kernel(dout_ptr, rows_ptr, w_ptr, inv_ptr, drows_ptr, dw_ptr, H
             dot += tl.sum(v * g[None, :], axis=1)
     if NEED_DW: tl.store(dw_ptr + t * K + j, dot, mask=j < K)
 
-# %% ../nbs/02_dispatch.ipynb #2f2eec27
+# %% ../nbs/02_dispatch.ipynb #91dbf385
 def _bh(H): return min(triton.next_power_of_2(max(H, 1)), 1024)
 
 def _gather_fwd(x, tok, order):
@@ -254,7 +275,7 @@ class _Combine(torch.autograd.Function):
         elif need_dw: dw.zero_()
         return drows, (dw.to(weights.dtype) if need_dw else None), None, None
 
-# %% ../nbs/02_dispatch.ipynb #df6c4c86
+# %% ../nbs/02_dispatch.ipynb #87c74151
 def gather(x:torch.Tensor,               # (T, H) token rows
            plan:RoutingPlan,             # from `make_plan`
            use_triton:bool|None=None     # None: Triton on CUDA, torch elsewhere
