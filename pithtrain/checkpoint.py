@@ -7,14 +7,14 @@ __all__ = ['STEP_RE', 'rng_state', 'set_rng_state', 'CheckpointError', 'write_st
            'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'StopSignal', 'export_hf', 'is_hf_checkpoint',
            'init_from']
 
-# %% ../nbs/22_checkpoint.ipynb #c7cbfbc7
+# %% ../nbs/22_checkpoint.ipynb #5f241fab
 import json, os, random, re, shutil, signal, time, uuid
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
 
-# %% ../nbs/22_checkpoint.ipynb #53add77f
+# %% ../nbs/22_checkpoint.ipynb #c0e023a1
 def rng_state()->dict:
     "The states of python's, numpy's, torch's CPU and every CUDA generator."
     st = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
@@ -26,7 +26,7 @@ def set_rng_state(st:dict):
     random.setstate(st['python']); np.random.set_state(st['numpy']); torch.set_rng_state(st['torch'].cpu())
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all([t.cpu() for t in st['cuda']])
 
-# %% ../nbs/22_checkpoint.ipynb #70ca9b1f
+# %% ../nbs/22_checkpoint.ipynb #dc397f32
 class CheckpointError(RuntimeError):
     "A checkpoint is missing, incomplete or does not fit what loads it."
 
@@ -56,7 +56,7 @@ def read_state(path:Path, map_location='cpu', train:bool=True)->tuple:
         tsd = torch.load(path/'train_state.pt', map_location=map_location, weights_only=False)  # holds numpy RNG state
     return model_sd, tsd, meta
 
-# %% ../nbs/22_checkpoint.ipynb #66d7ae1a
+# %% ../nbs/22_checkpoint.ipynb #2301397e
 STEP_RE = re.compile(r'^step_(\d+)$')
 
 def list_checkpoints(ckpt_dir:str|Path)->list:
@@ -116,7 +116,7 @@ def load_checkpoint(path:str|Path,      # a checkpoint directory, or a directory
         if restore_rng: set_rng_state(tsd['rng'])
     return {**meta, 'path': str(path)}
 
-# %% ../nbs/22_checkpoint.ipynb #e24a743d
+# %% ../nbs/22_checkpoint.ipynb #39c72e50
 class StopSignal:
     "Context manager: SIGTERM/SIGINT set `.signum` (checked by the loop between steps) instead of killing."
     def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)): self.signals, self.signum, self._old = signals, None, {}
@@ -133,7 +133,7 @@ class StopSignal:
     @property
     def name(self)->str: return signal.Signals(self.signum).name if self.signum else ''
 
-# %% ../nbs/22_checkpoint.ipynb #616a805b
+# %% ../nbs/22_checkpoint.ipynb #86aeb52d
 def _need_hf(obj, method:str):
     if not hasattr(obj, method): raise CheckpointError(f"{getattr(obj, '__name__', type(obj).__name__)} has no `{method}` (no HF key map): it cannot be converted")
 
