@@ -5,17 +5,17 @@
 # %% auto #0
 __all__ = ['PRESETS', 'DeepseekV2Config', 'DeepseekV2Block', 'DeepseekV2', 'from_hf_config', 'to_hf_config', 'hf_key_map']
 
-# %% ../nbs/12_deepseek_v2.ipynb #2bd995c2
+# %% ../nbs/12_deepseek_v2.ipynb #3036050a
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from .core import Config, ConfigError, check, choice
-from .layers import RMSNorm, MLAttention, SwiGLUMLP, rope_cache, check_rope_scaling, init_weights
+from .layers import RMSNorm, MLAttention, SwiGLUMLP, rope_cache, check_rope_scaling
 from .router import RouterConfig
-from .moe import MoE, ModelOutput, lm_output, param_counts
-from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, read_hf_config, check_architecture, load_hf, save_hf
+from .moe import MoE, MoEBlock, CausalLM, param_counts
+from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, check_architecture
 
-# %% ../nbs/12_deepseek_v2.ipynb #cc466928
+# %% ../nbs/12_deepseek_v2.ipynb #9c33f446
 def _pos(v): return v > 0
 
 @dataclass
@@ -92,8 +92,8 @@ class DeepseekV2Config(Config):
         if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
-# %% ../nbs/12_deepseek_v2.ipynb #5ecb760c
-class DeepseekV2Block(nn.Module):
+# %% ../nbs/12_deepseek_v2.ipynb #4dc6a43e
+class DeepseekV2Block(MoEBlock):
     "Pre-norm multi-head latent attention, then pre-norm MoE with shared experts (or a dense SwiGLU MLP)."
     def __init__(self, c:DeepseekV2Config, i:int):
         super().__init__()
@@ -106,68 +106,19 @@ class DeepseekV2Block(nn.Module):
         self.mlp = MoE(H, c.moe_intermediate_size, c.router_config(), shared_intermediate=c.n_shared_experts * c.moe_intermediate_size,
                        mode=c.moe_mode) if c.is_moe(i) else SwiGLUMLP(H, c.intermediate_size)
 
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        h = self.post_attention_layernorm(x)
-        if isinstance(self.mlp, MoE):
-            y, r = self.mlp(h)
-            return x + y, r
-        return x + self.mlp(h), None
-
-# %% ../nbs/12_deepseek_v2.ipynb #b6bbaa39
-class DeepseekV2(nn.Module):
+# %% ../nbs/12_deepseek_v2.ipynb #393022dd
+class DeepseekV2(CausalLM):
     "DeepSeek-V2 causal LM: `model(input_ids, labels=None) -> ModelOutput`."
-    def __init__(self, cfg:DeepseekV2Config):
-        super().__init__()
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DeepseekV2Block(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.reset_parameters()
+    block = DeepseekV2Block
 
-    def reset_parameters(self):
-        "Init for training from scratch: N(0, initializer_range), output projections / sqrt(2·layers), unit norms."
-        init_weights(self, self.cfg.initializer_range, self.cfg.num_hidden_layers)
+    def rope(self, seq_len:int, device)->tuple[torch.Tensor, torch.Tensor]:
+        "The (cos, sin) RoPE tables of the `qk_rope_head_dim` rotated channels."
+        c = self.cfg
+        return rope_cache(seq_len, c.qk_rope_head_dim, c.rope_theta, c.rope_scaling, device=device)
 
-    def forward(self, input_ids:torch.Tensor,           # (B, S) int64 token ids
-                labels:torch.Tensor|None=None           # (B, S) aligned targets (-100: ignore); None: return logits
-               )->ModelOutput:
-        x, c = self.embed_tokens(input_ids), self.cfg
-        cos, sin = rope_cache(input_ids.shape[1], c.qk_rope_head_dim, c.rope_theta, c.rope_scaling, device=x.device)
-        routed = []
-        for layer in self.layers:
-            x, r = layer(x, cos, sin)
-            if r is not None: routed.append(r)
-        return lm_output(self.norm(x), self.head_weight(), labels, routed)
+    def score_width(self, i:int)->int: return self.cfg.num_attention_heads * (self.cfg.qk_head_dim + self.cfg.v_head_dim)
 
-    def head_weight(self)->torch.Tensor: return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-
-    @classmethod
-    def from_hf(cls, path, moe_mode:str='fast', router_options:dict|None=None, device=None):
-        "Build from a HF checkpoint directory (config.json + safetensors)."
-        cfg = from_hf_config(read_hf_config(path)).replace(moe_mode=moe_mode, router_options=router_options)
-        with torch.device(device or 'cpu'): m = cls(cfg)
-        return load_hf(m, path, hf_key_map(cfg))
-
-    def save_hf(self, path, dtype:torch.dtype|None=None, max_shard_bytes:int=5*2**30):
-        "Write a HF checkpoint directory that transformers' `DeepseekV2ForCausalLM.from_pretrained` reads."
-        return save_hf(self, path, hf_key_map(self.cfg), to_hf_config(self.cfg), dtype, max_shard_bytes)
-
-    def routers(self):
-        "Every MoE layer's `Router`."
-        return (l.mlp.router for l in self.layers if isinstance(l.mlp, MoE))
-
-    def flops_per_token(self, seq_len:int)->int:
-        "Training FLOPs per token: 6 × active matmul parameters + causal attention (fwd + bwd)."
-        c = self.cfg; H, L, nh, I = c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.moe_intermediate_size
-        q = H * nh * c.qk_head_dim if c.q_lora_rank is None else H * c.q_lora_rank + c.q_lora_rank * nh * c.qk_head_dim
-        attn = q + H * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank * nh * (c.qk_nope_head_dim + c.v_head_dim) + nh * c.v_head_dim * H
-        ffn = sum((c.num_experts_per_tok + c.n_shared_experts) * 3 * H * I + H * c.n_routed_experts if c.is_moe(i)
-                  else 3 * H * c.intermediate_size for i in range(L))
-        return 6 * (L * attn + ffn + H * c.vocab_size) + 3 * L * nh * (c.qk_head_dim + c.v_head_dim) * seq_len
-
-# %% ../nbs/12_deepseek_v2.ipynb #200f8eb5
+# %% ../nbs/12_deepseek_v2.ipynb #7eff9755
 PRESETS = {
     'tiny': dict(vocab_size=257, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
                  num_attention_heads=4, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
@@ -179,7 +130,7 @@ PRESETS = {
                                                beta_slow=1, mscale=0.707, mscale_all_dim=0.707)),
 }
 
-# %% ../nbs/12_deepseek_v2.ipynb #00ce5cad
+# %% ../nbs/12_deepseek_v2.ipynb #7ba47deb
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', 'auto_map', '_name_or_path', 'pretraining_tp', 'ep_size', 'head_dim', 'qk_head_dim',
             'seq_aux', 'rope_parameters', 'hidden_act', 'attention_dropout', 'mlp_bias', 'scoring_func', 'moe_layer_freq',
@@ -238,3 +189,6 @@ def hf_key_map(c:DeepseekV2Config)->KeyMap:
             if c.n_shared_experts: rules += [same(a + 'mlp.shared.' + n, b + 'mlp.shared_experts.' + n) for n in mlp]
         else: rules += [same(a + 'mlp.' + n, b + 'mlp.' + n) for n in mlp]
     return KeyMap(rules, ignore_ours=(r'\.router\.(?!weight$)',))   # router buffers (balancing bias, counts) are ours only
+
+# `DeepseekV2.from_hf` and `save_hf` (from `CausalLM`) use these three
+DeepseekV2.from_hf_config, DeepseekV2.to_hf_config, DeepseekV2.hf_key_map = map(staticmethod, (from_hf_config, to_hf_config, hf_key_map))

@@ -6,17 +6,17 @@
 __all__ = ['LAYER_TYPES', 'YARN_20B', 'PRESETS', 'FP4_VALUES', 'GptOssConfig', 'GptOssBlock', 'GptOss', 'from_hf_config',
            'to_hf_config', 'mxfp4_dequantize', 'hf_key_map']
 
-# %% ../nbs/13_gpt_oss.ipynb #9274a524
+# %% ../nbs/13_gpt_oss.ipynb #7b04891c
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from .core import Config, ConfigError, check, choice
-from .layers import RMSNorm, Attention, rope_cache, check_rope_scaling, init_weights
+from .layers import RMSNorm, Attention, check_rope_scaling
 from .router import RouterConfig
-from .moe import MoE, ModelOutput, lm_output, param_counts
-from .checkpoint_hf import KeyMap, Rule, same, read_hf_config, check_architecture, load_hf, save_hf
+from .moe import MoE, MoEBlock, CausalLM, param_counts
+from .checkpoint_hf import KeyMap, Rule, same, check_architecture
 
-# %% ../nbs/13_gpt_oss.ipynb #d806d0d7
+# %% ../nbs/13_gpt_oss.ipynb #78b7da3a
 LAYER_TYPES = ('sliding_attention', 'full_attention')
 YARN_20B = dict(rope_type='yarn', factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False, original_max_position_embeddings=4096)
 
@@ -82,8 +82,8 @@ class GptOssConfig(Config):
         if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
-# %% ../nbs/13_gpt_oss.ipynb #481aa2b2
-class GptOssBlock(nn.Module):
+# %% ../nbs/13_gpt_oss.ipynb #d7d199da
+class GptOssBlock(MoEBlock):
     "Pre-norm GQA attention with sinks (sliding or full), then pre-norm MoE with biased clamped-SwiGLU experts."
     def __init__(self, c:GptOssConfig, i:int):
         super().__init__()
@@ -95,69 +95,18 @@ class GptOssBlock(nn.Module):
         self.mlp = MoE(H, c.intermediate_size, c.router_config(), bias=True, act='swiglu_oai', alpha=1.702,
                        limit=c.swiglu_limit, interleaved=True, mode=c.moe_mode)
 
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        y, r = self.mlp(self.post_attention_layernorm(x))
-        return x + y, r
-
-# %% ../nbs/13_gpt_oss.ipynb #b370f459
-def _keys_seen(S:int, W:int|None)->float:
-    "Average number of keys a query attends to under a causal mask with window W (S/2 without one)."
-    return S / 2 if W is None or W >= S else W - W * (W - 1) / (2 * S)
-
-class GptOss(nn.Module):
+# %% ../nbs/13_gpt_oss.ipynb #57759859
+class GptOss(CausalLM):
     "GPT-OSS causal LM: `model(input_ids, labels=None) -> ModelOutput`."
-    def __init__(self, cfg:GptOssConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(GptOssBlock(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.reset_parameters()
+    block = GptOssBlock
 
-    def reset_parameters(self):
-        "Init for training from scratch: N(0, initializer_range), output projections / sqrt(2·layers), zero biases and sinks."
-        init_weights(self, self.cfg.initializer_range, self.cfg.num_hidden_layers)
+    def window(self, i:int)->int|None: return self.cfg.window(i)
 
-    def forward(self, input_ids:torch.Tensor,           # (B, S) int64 token ids
-                labels:torch.Tensor|None=None           # (B, S) aligned targets (-100: ignore); None: return logits
-               )->ModelOutput:
-        x, c = self.embed_tokens(input_ids), self.cfg
-        cos, sin = rope_cache(input_ids.shape[1], c.head_dim, c.rope_theta, c.rope_scaling, device=x.device)
-        routed = []
-        for layer in self.layers:
-            x, r = layer(x, cos, sin)
-            routed.append(r)
-        return lm_output(self.norm(x), self.head_weight(), labels, routed)
+    def load_key_map(self, hf_config:dict):
+        "The key map for a bf16/fp32 checkpoint, or for MXFP4 experts as published."
+        return hf_key_map(self.cfg, mxfp4=bool(hf_config.get('quantization_config')))
 
-    def head_weight(self)->torch.Tensor: return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-
-    @classmethod
-    def from_hf(cls, path, moe_mode:str='fast', router_options:dict|None=None, device=None):
-        "Build from a HF checkpoint directory (config.json + safetensors; bf16/fp32, or MXFP4 experts as published)."
-        d = read_hf_config(path)
-        cfg = from_hf_config(d).replace(moe_mode=moe_mode, router_options=router_options)
-        with torch.device(device or 'cpu'): m = cls(cfg)
-        return load_hf(m, path, hf_key_map(cfg, mxfp4=bool(d.get('quantization_config'))))
-
-    def save_hf(self, path, dtype:torch.dtype|None=None, max_shard_bytes:int=5*2**30):
-        "Write a HF checkpoint directory (unquantised) that transformers' `GptOssForCausalLM.from_pretrained` reads."
-        return save_hf(self, path, hf_key_map(self.cfg), to_hf_config(self.cfg), dtype, max_shard_bytes)
-
-    def routers(self):
-        "Every MoE layer's `Router`."
-        return (l.mlp.router for l in self.layers)
-
-    def flops_per_token(self, seq_len:int)->int:
-        "Training FLOPs per token: 6 × active matmul parameters + causal attention (windowed where it is), fwd + bwd."
-        c = self.cfg; H, L, nh, hd = c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.head_dim
-        attn = 2 * H * nh * hd + 2 * H * c.num_key_value_heads * hd
-        ffn = c.num_experts_per_tok * 3 * H * c.intermediate_size + H * c.num_local_experts
-        scores = sum(12 * nh * hd * _keys_seen(seq_len, c.window(i)) for i in range(L))
-        return 6 * (L * (attn + ffn) + H * c.vocab_size) + int(scores)
-
-# %% ../nbs/13_gpt_oss.ipynb #0d30cdbf
+# %% ../nbs/13_gpt_oss.ipynb #35ed444b
 PRESETS = {
     'tiny': dict(vocab_size=257, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, num_local_experts=8, num_experts_per_tok=2, sliding_window=16,
@@ -166,7 +115,7 @@ PRESETS = {
     'gpt-oss-20b': dict(rope_scaling=dict(YARN_20B)),
 }
 
-# %% ../nbs/13_gpt_oss.ipynb #b2fafcf2
+# %% ../nbs/13_gpt_oss.ipynb #e9e74652
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', '_name_or_path', 'output_router_logits', 'initial_context_length', 'hidden_act',
             'attention_dropout', 'rope_parameters', 'experts_per_token', 'num_experts'}
@@ -240,3 +189,6 @@ def hf_key_map(c:GptOssConfig, mxfp4:bool=False # experts stored MXFP4-quantised
         if mxfp4: rules += [_mxfp4_rule(a + 'mlp.w1', b + 'mlp.experts.gate_up_proj', 2 * c.intermediate_size, c.hidden_size),
                             _mxfp4_rule(a + 'mlp.w2', b + 'mlp.experts.down_proj', c.hidden_size, c.intermediate_size)]
     return KeyMap(rules, ignore_ours=(r'\.router\.(?!weight$|bias$)',))   # router buffers (balancing state) are ours only
+
+# `GptOss.from_hf` and `save_hf` (from `CausalLM`) use these three
+GptOss.from_hf_config, GptOss.to_hf_config, GptOss.hf_key_map = map(staticmethod, (from_hf_config, to_hf_config, hf_key_map))

@@ -5,18 +5,17 @@
 # %% auto #0
 __all__ = ['PRESETS', 'OLMoEConfig', 'OLMoEBlock', 'OLMoE', 'from_hf_config', 'to_hf_config', 'hf_key_map']
 
-# %% ../nbs/11_olmoe.ipynb #5813414d
-import math
+# %% ../nbs/11_olmoe.ipynb #0c9e005d
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from .core import Config, ConfigError, check, choice
-from .layers import RMSNorm, Attention, rope_cache, check_rope_scaling, init_weights
+from .layers import RMSNorm, Attention, check_rope_scaling
 from .router import RouterConfig
-from .moe import MoE, ModelOutput, lm_output, param_counts
-from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, read_hf_config, check_architecture, load_hf, save_hf
+from .moe import MoE, MoEBlock, CausalLM, param_counts
+from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, check_architecture
 
-# %% ../nbs/11_olmoe.ipynb #55e86145
+# %% ../nbs/11_olmoe.ipynb #34f68851
 def _pos(v): return v > 0
 
 @dataclass
@@ -73,10 +72,10 @@ class OLMoEConfig(Config):
         if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
-# %% ../nbs/11_olmoe.ipynb #ca499980
-class OLMoEBlock(nn.Module):
+# %% ../nbs/11_olmoe.ipynb #16019462
+class OLMoEBlock(MoEBlock):
     "Pre-norm GQA attention (q/k norm over the full projection, optional qkv clamp, RoPE) then pre-norm MoE."
-    def __init__(self, c:OLMoEConfig):
+    def __init__(self, c:OLMoEConfig, i:int=0): # `i`: the layer (every one is alike)
         super().__init__()
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.self_attn = Attention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
@@ -84,71 +83,18 @@ class OLMoEBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MoE(c.hidden_size, c.intermediate_size, c.router_config(), mode=c.moe_mode)
 
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        y, r = self.mlp(self.post_attention_layernorm(x))
-        return x + y, r
-
-class OLMoE(nn.Module):
+class OLMoE(CausalLM):
     "OLMoE causal LM: `model(input_ids, labels=None) -> ModelOutput`."
-    def __init__(self, cfg:OLMoEConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(OLMoEBlock(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.reset_parameters()
+    block = OLMoEBlock
 
-    def reset_parameters(self):
-        "Init for training from scratch: N(0, initializer_range), output projections / sqrt(2·layers), unit norms."
-        init_weights(self, self.cfg.initializer_range, self.cfg.num_hidden_layers)
-
-    def forward(self, input_ids:torch.Tensor,           # (B, S) int64 token ids
-                labels:torch.Tensor|None=None           # (B, S) aligned targets (-100: ignore); None: return logits
-               )->ModelOutput:
-        x = self.embed_tokens(input_ids)
-        c = self.cfg
-        cos, sin = rope_cache(input_ids.shape[1], c.head_dim, c.rope_theta, c.rope_scaling, device=x.device)
-        routed = []
-        for layer in self.layers:
-            x, r = layer(x, cos, sin)
-            routed.append(r)
-        return lm_output(self.norm(x), self.head_weight(), labels, routed)
-
-    def head_weight(self)->torch.Tensor: return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-
-    def routers(self):
-        "Every layer's `Router`."
-        return (l.mlp.router for l in self.layers)
-
-    def flops_per_token(self, seq_len:int)->int:
-        "Training FLOPs per token: 6 × active matmul parameters + causal attention (fwd + bwd)."
-        c = self.cfg; H, L, D = c.hidden_size, c.num_hidden_layers, c.head_dim
-        attn = 2 * H * c.num_attention_heads * D + 2 * H * c.num_key_value_heads * D
-        ffn = c.num_experts_per_tok * 3 * H * c.intermediate_size + H * c.num_experts
-        return 6 * (L * (attn + ffn) + H * c.vocab_size) + 6 * L * c.num_attention_heads * D * seq_len
-
-    @classmethod
-    def from_hf(cls, path,                      # a HF checkpoint directory (config.json + safetensors)
-                moe_mode:str='fast', router_options:dict|None=None, device=None):
-        "Build from a HF checkpoint directory: its config.json, then its weights."
-        cfg = from_hf_config(read_hf_config(path)).replace(moe_mode=moe_mode, router_options=router_options)
-        with torch.device(device or 'cpu'): m = cls(cfg)
-        return load_hf(m, path, hf_key_map(cfg))
-
-    def save_hf(self, path, dtype:torch.dtype|None=None, max_shard_bytes:int=5*2**30):
-        "Write a HF checkpoint directory that transformers' `OlmoeForCausalLM.from_pretrained` reads."
-        return save_hf(self, path, hf_key_map(self.cfg), to_hf_config(self.cfg), dtype, max_shard_bytes)
-
-# %% ../nbs/11_olmoe.ipynb #c82ee12a
+# %% ../nbs/11_olmoe.ipynb #9eea0955
 PRESETS = {
     'tiny': dict(vocab_size=257, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, max_position_embeddings=2048),
     'olmoe-1b-7b': {},   # the defaults: OLMoE-1B-7B as published
 }
 
-# %% ../nbs/11_olmoe.ipynb #6b441bb3
+# %% ../nbs/11_olmoe.ipynb #7b0c34b9
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', 'output_router_logits', 'attention_dropout', 'hidden_act', 'num_local_experts',
             'rope_parameters', '_name_or_path'}
@@ -195,3 +141,6 @@ def hf_key_map(c:OLMoEConfig)->KeyMap:
                   expert_w1(a + 'mlp.w1', e + 'gate_proj.weight', e + 'up_proj.weight', c.num_experts),
                   expert_w2(a + 'mlp.w2', e + 'down_proj.weight', c.num_experts)]
     return KeyMap(rules, ignore_ours=(r'\.router\.(?!weight$)',))   # router buffers (balancing bias, counts) are ours only
+
+# `OLMoE.from_hf` and `save_hf` (from `CausalLM`) use these three
+OLMoE.from_hf_config, OLMoE.to_hf_config, OLMoE.hf_key_map = map(staticmethod, (from_hf_config, to_hf_config, hf_key_map))

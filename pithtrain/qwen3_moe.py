@@ -5,18 +5,17 @@
 # %% auto #0
 __all__ = ['PRESETS', 'Qwen3MoEConfig', 'Qwen3MoEBlock', 'Qwen3MoE', 'from_hf_config', 'to_hf_config', 'hf_key_map']
 
-# %% ../nbs/10_qwen3_moe.ipynb #b12a97cf
-import math
+# %% ../nbs/10_qwen3_moe.ipynb #5dd42a29
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from .core import Config, ConfigError, check, choice
-from .layers import RMSNorm, Attention, SwiGLUMLP, rope_cache, check_rope_scaling, init_weights
+from .layers import RMSNorm, Attention, SwiGLUMLP, check_rope_scaling
 from .router import RouterConfig
-from .moe import MoE, ModelOutput, lm_output, param_counts
-from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, read_hf_config, check_architecture, load_hf, save_hf
+from .moe import MoE, MoEBlock, CausalLM, param_counts
+from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, check_architecture
 
-# %% ../nbs/10_qwen3_moe.ipynb #9e7d95e0
+# %% ../nbs/10_qwen3_moe.ipynb #11e716ea
 def _pos(v): return v > 0
 
 @dataclass
@@ -77,8 +76,8 @@ class Qwen3MoEConfig(Config):
         if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
-# %% ../nbs/10_qwen3_moe.ipynb #c483874b
-class Qwen3MoEBlock(nn.Module):
+# %% ../nbs/10_qwen3_moe.ipynb #12128400
+class Qwen3MoEBlock(MoEBlock):
     "Pre-norm GQA attention (per-head q/k norm, RoPE) then pre-norm MoE or dense SwiGLU MLP."
     def __init__(self, c:Qwen3MoEConfig, i:int):
         super().__init__()
@@ -89,69 +88,12 @@ class Qwen3MoEBlock(nn.Module):
         self.mlp = MoE(c.hidden_size, c.moe_intermediate_size, c.router_config(), mode=c.moe_mode) if c.is_moe(i) \
                    else SwiGLUMLP(c.hidden_size, c.intermediate_size)
 
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        h = self.post_attention_layernorm(x)
-        if isinstance(self.mlp, MoE):
-            y, r = self.mlp(h)
-            return x + y, r
-        return x + self.mlp(h), None
-
-# %% ../nbs/10_qwen3_moe.ipynb #a7c1d757
-class Qwen3MoE(nn.Module):
+# %% ../nbs/10_qwen3_moe.ipynb #836ac323
+class Qwen3MoE(CausalLM):
     "Qwen3-MoE causal LM: `model(input_ids, labels=None) -> ModelOutput`."
-    def __init__(self, cfg:Qwen3MoEConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Qwen3MoEBlock(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.reset_parameters()
+    block = Qwen3MoEBlock
 
-    def reset_parameters(self):
-        "Init for training from scratch: N(0, initializer_range), output projections / sqrt(2·layers), unit norms."
-        init_weights(self, self.cfg.initializer_range, self.cfg.num_hidden_layers)
-
-    def forward(self, input_ids:torch.Tensor,           # (B, S) int64 token ids
-                labels:torch.Tensor|None=None           # (B, S) aligned targets (-100: ignore); None: return logits
-               )->ModelOutput:
-        x = self.embed_tokens(input_ids)
-        c = self.cfg
-        cos, sin = rope_cache(input_ids.shape[1], c.head_dim, c.rope_theta, c.rope_scaling, device=x.device)
-        routed = []
-        for layer in self.layers:
-            x, r = layer(x, cos, sin)
-            if r is not None: routed.append(r)
-        return lm_output(self.norm(x), self.head_weight(), labels, routed)
-
-    def head_weight(self)->torch.Tensor: return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-
-    @classmethod
-    def from_hf(cls, path,                      # a HF checkpoint directory (config.json + safetensors)
-                moe_mode:str='fast', router_options:dict|None=None, device=None):
-        "Build from a HF checkpoint directory: its config.json, then its weights (see the HF section below)."
-        cfg = from_hf_config(read_hf_config(path)).replace(moe_mode=moe_mode, router_options=router_options)
-        with torch.device(device or 'cpu'): m = cls(cfg)
-        return load_hf(m, path, hf_key_map(cfg))
-
-    def save_hf(self, path, dtype:torch.dtype|None=None, max_shard_bytes:int=5*2**30):
-        "Write a HF checkpoint directory that transformers' `Qwen3MoeForCausalLM.from_pretrained` reads."
-        return save_hf(self, path, hf_key_map(self.cfg), to_hf_config(self.cfg), dtype, max_shard_bytes)
-
-    def routers(self):
-        "Every MoE layer's `Router`."
-        return (l.mlp.router for l in self.layers if isinstance(l.mlp, MoE))
-
-    def flops_per_token(self, seq_len:int)->int:
-        "Training FLOPs per token: 6 × active matmul parameters + causal attention (fwd + bwd)."
-        c = self.cfg; H, L = c.hidden_size, c.num_hidden_layers
-        attn = 2 * H * c.num_attention_heads * c.head_dim + 2 * H * c.num_key_value_heads * c.head_dim
-        ffn = sum(c.num_experts_per_tok * 3 * H * c.moe_intermediate_size + H * c.num_experts if c.is_moe(i)
-                  else 3 * H * c.intermediate_size for i in range(L))
-        return 6 * (L * attn + ffn + H * c.vocab_size) + 6 * L * c.num_attention_heads * c.head_dim * seq_len
-
-# %% ../nbs/10_qwen3_moe.ipynb #586f84be
+# %% ../nbs/10_qwen3_moe.ipynb #3e881cb3
 _BENCH = dict(intermediate_size=2816, norm_topk_prob=True, max_position_embeddings=4096, rope_theta=10000.0,
               rms_norm_eps=1e-6, tie_word_embeddings=False, router_aux_loss_coef=0.001)
 PRESETS = {
@@ -165,7 +107,7 @@ PRESETS = {
     'qwen3-30b-a3b': {},   # the defaults: Qwen3-30B-A3B as published
 }
 
-# %% ../nbs/10_qwen3_moe.ipynb #69712c40
+# %% ../nbs/10_qwen3_moe.ipynb #af6f1b1e
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', 'output_router_logits', 'max_window_layers', 'use_sliding_window',
             'attention_dropout', 'hidden_act', 'num_local_experts', 'rope_parameters', '_name_or_path'}
@@ -217,3 +159,6 @@ def hf_key_map(c:Qwen3MoEConfig)->KeyMap:
                       expert_w2(a + 'mlp.w2', e + 'down_proj.weight', c.num_experts)]
         else: rules += [same(a + f'mlp.{p}_proj.weight', b + f'mlp.{p}_proj.weight') for p in ('gate', 'up', 'down')]
     return KeyMap(rules, ignore_ours=(r'\.router\.(?!weight$)',))   # router buffers (balancing bias, counts) are ours only
+
+# `Qwen3MoE.from_hf` and `save_hf` (from `CausalLM`) use these three
+Qwen3MoE.from_hf_config, Qwen3MoE.to_hf_config, Qwen3MoE.hf_key_map = map(staticmethod, (from_hf_config, to_hf_config, hf_key_map))
