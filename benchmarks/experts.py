@@ -66,6 +66,7 @@ def loop_ffn(x, w, idx, w1, w2, w3):
     return out
 
 def gmm_ffn(x, w, idx, w1, w2, w3):
+    "Expert SwiGLU FFN with torch._grouped_mm, as in shared/reference/gpu_anchors.py (also timed by benchmarks/router.py)."
     E, k = w1.shape[0], idx.shape[1]
     flat = idx.reshape(-1)
     order = flat.argsort(stable=True)
@@ -73,9 +74,7 @@ def gmm_ffn(x, w, idx, w1, w2, w3):
     xs = x[order // k]
     h = F.silu(torch._grouped_mm(xs, w1, offs=offs)) * torch._grouped_mm(xs, w3, offs=offs)
     o = torch._grouped_mm(h, w2, offs=offs) * w.reshape(-1)[order, None].to(x.dtype)
-    out = torch.zeros_like(x)
-    out.index_add_(0, order // k, o)
-    return out
+    return torch.zeros_like(x).index_add_(0, order // k, o)
 
 PLAN_KW = {}
 def pick_plan_builder():

@@ -13,6 +13,7 @@ import argparse, datetime, json, math, os, statistics, sys, tempfile, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch, torch.nn.functional as F
 from pithtrain.router import Router, RouterConfig, load_stats
+from experts import gmm_ffn   # benchmarks/experts.py: the grouped_mm FFN of gpu_anchors.py
 
 def variants(E, k, seq_len):
     "Router configs to time: name -> (RouterConfig, seq_len passed to forward)."
@@ -28,17 +29,6 @@ def variants(E, k, seq_len):
         'gpt-oss (top-k logits, softmax)': (RouterConfig(**base, score='softmax_topk', bias=True, aux_loss_coef=1e-3), None),
         'capacity 1.25': (RouterConfig(**base, norm_topk_prob=True, aux_loss_coef=1e-3, capacity_factor=1.25), None),
     }
-
-def gmm_ffn(x, w, idx, w1, w2, w3):
-    "Expert SwiGLU FFN with torch._grouped_mm, as in shared/reference/gpu_anchors.py."
-    E, k = w1.shape[0], idx.shape[1]
-    flat = idx.reshape(-1)
-    order = flat.argsort(stable=True)
-    offs = torch.bincount(flat, minlength=E).cumsum(0).to(torch.int32)
-    xs = x[order // k]
-    h = F.silu(torch._grouped_mm(xs, w1, offs=offs)) * torch._grouped_mm(xs, w3, offs=offs)
-    o = torch._grouped_mm(h, w2, offs=offs) * w.reshape(-1)[order, None].to(x.dtype)
-    return torch.zeros_like(x).index_add_(0, order // k, o)
 
 def bench(fn, cuda):
     "Median ms: do_bench on CUDA, a few perf_counter runs on CPU."
