@@ -6,7 +6,7 @@
 __all__ = ['TrainConfig', 'build_model', 'prepare', 'checkpoint_blocks', 'compile_dense', 'forward_backward', 'evaluate',
            'versions', 'Metrics', 'plot_run', 'cpu_threads', 'NonFiniteError', 'train', 'generate', 'load_model']
 
-# %% ../nbs/23_trainer.ipynb #29fa8594
+# %% ../nbs/23_trainer.ipynb #62c17c75
 import dataclasses, json, math, os, platform, resource, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from .core import Config, ConfigError, choice, check, get_device, seed_everythin
 from .optim import build_optimizer, build_schedule
 from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, init_from, is_hf_checkpoint
 
-# %% ../nbs/23_trainer.ipynb #f505daa3
+# %% ../nbs/23_trainer.ipynb #80fd8477
 def _pos(v): return v > 0
 def _nonneg(v): return v >= 0
 
@@ -32,7 +32,7 @@ class TrainConfig(Config):
     batch_size:int = check(16, _pos, 'must be > 0')    # sequences per micro-batch
     seq_len:int = check(128, _pos, 'must be > 0')
     grad_accum:int = check(1, _pos, 'must be > 0')     # micro-batches per optimizer step
-    steps:int = check(600, _pos, 'must be > 0')        # optimizer steps in total
+    steps:int = check(1000, _pos, 'must be > 0')        # optimizer steps in total
     optimizer:str = choice('adamw', 'muon')
     lr:float = check(3e-3, _pos, 'must be > 0')        # peak learning rate
     min_lr_ratio:float = check(0.1, lambda v: 0 <= v <= 1, 'must be in [0, 1]')
@@ -69,7 +69,7 @@ class TrainConfig(Config):
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-# %% ../nbs/23_trainer.ipynb #a8237cc9
+# %% ../nbs/23_trainer.ipynb #42d7a24d
 def build_model(cfg:TrainConfig)->nn.Module:
     "The run's model (fp32 parameters, on CPU): Qwen3-MoE from the preset + overrides, or from a HF checkpoint."
     from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
@@ -83,7 +83,7 @@ def prepare(cfg:TrainConfig)->str:
     if (Path(cfg.data)/'meta.json').is_file(): return cfg.data
     return prepare_data(cfg.data, tokenizer=cfg.tokenizer, progress=False)
 
-# %% ../nbs/23_trainer.ipynb #f7e18142
+# %% ../nbs/23_trainer.ipynb #a69e187b
 def _blocks(model):
     if not isinstance(getattr(model, 'layers', None), nn.ModuleList):
         raise ConfigError(f"{type(model).__name__} has no `layers` ModuleList: activation_checkpointing/compile need one")
@@ -102,7 +102,7 @@ def compile_dense(model:nn.Module):
         for name, ch in b.named_children():
             if not any(hasattr(m, 'update_bias') for m in ch.modules()): ch.compile()
 
-# %% ../nbs/23_trainer.ipynb #78efd491
+# %% ../nbs/23_trainer.ipynb #fd708e7a
 def forward_backward(model:nn.Module, batches:list, # [(input_ids, labels), ...] micro-batches of one step
                      device:torch.device, amp:torch.dtype|None # autocast dtype (None: none)
                     )->tuple:
@@ -132,7 +132,7 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
     model.train(was)
     return (tot / max(n, 1)).item()
 
-# %% ../nbs/23_trainer.ipynb #ec977388
+# %% ../nbs/23_trainer.ipynb #a43bdf9a
 def versions()->dict:
     "Versions of Python and the packages a run depends on, the git commit of pithtrain, and the device."
     import importlib.metadata as md, subprocess
@@ -176,7 +176,7 @@ class Metrics:
         if self.wb is not None: self.wb.finish()
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/23_trainer.ipynb #2719205d
+# %% ../nbs/23_trainer.ipynb #ce44efea
 def plot_run(run_dir:str|Path)->list:
     "Write loss.png and expert_load.png from a run's metrics.jsonl; return the paths written."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -202,7 +202,7 @@ def plot_run(run_dir:str|Path)->list:
         fig.tight_layout(); fig.savefig(run_dir/'expert_load.png', dpi=100); plt.close(fig); out.append(run_dir/'expert_load.png')
     return out
 
-# %% ../nbs/23_trainer.ipynb #307174bf
+# %% ../nbs/23_trainer.ipynb #b4061f66
 def cpu_threads(model:nn.Module, n:int=0)->int:
     "Set torch's CPU thread count for `model` (n=0: 1 thread under 20M parameters, else unchanged); return the old count."
     old = torch.get_num_threads()
@@ -232,7 +232,7 @@ def _setup(cfg:TrainConfig, model, loader):
         data_meta['dir'] = ddir
     return device, amp, run_dir, model.to(device), loader, data_meta
 
-# %% ../nbs/23_trainer.ipynb #679692c6
+# %% ../nbs/23_trainer.ipynb #7fda15e9
 def _stats(loss, aux, gn, counts, n):
     "Window sums (device tensors) → plain numbers, in one host sync."
     vals = torch.stack([loss, aux, gn]).double().div(n).tolist()
@@ -348,7 +348,7 @@ def train(cfg:TrainConfig,              # the run's config
     say(f"done: step {step}, {wall:.1f} s, run dir {run_dir}")
     return summary
 
-# %% ../nbs/23_trainer.ipynb #659cb523
+# %% ../nbs/23_trainer.ipynb #c85a26a0
 @torch.no_grad()
 def generate(model:nn.Module, tokenizer, # `encode(str)->ids`, `decode(ids)->str`, `eod_id`
              prompt:str, max_new_tokens:int=120, temperature:float=0.8, top_k:int|None=50,
