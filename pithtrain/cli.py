@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['parse_value', 'read_config_file', 'load_config', 'cmd_train', 'cmd_generate', 'cmd_convert', 'parser', 'main']
 
-# %% ../nbs/30_cli.ipynb #c2232381
+# %% ../nbs/30_cli.ipynb #e5a4104c
 import argparse, dataclasses, json, sys
 from pathlib import Path
 
-# %% ../nbs/30_cli.ipynb #a49b1bdf
+# %% ../nbs/30_cli.ipynb #f5aff22d
 def parse_value(s:str):
     "A `key=value` value: JSON when it parses (numbers, true/false, null, lists), else the string."
     try: return json.loads(s)
@@ -40,7 +40,7 @@ def load_config(path:str|None=None, overrides:list=()):
         if k in d and not isinstance(d[k], str): d[k] = str(d[k])
     return TrainConfig.from_dict(d)
 
-# %% ../nbs/30_cli.ipynb #02ae2f0d
+# %% ../nbs/30_cli.ipynb #8e11098b
 def cmd_train(a)->int:
     "`pithtrain train`: run `trainer.train` on the merged config."
     from pithtrain.trainer import train, NonFiniteError
@@ -74,11 +74,12 @@ def cmd_convert(a)->int:
     from pithtrain.checkpoint import is_hf_checkpoint, export_hf, save_checkpoint
     if is_hf_checkpoint(a.src):
         from pithtrain.checkpoint_hf import read_hf_config
-        from pithtrain.qwen3_moe import Qwen3MoE
+        from pithtrain.trainer import model_classes, FAMILIES
         mt = read_hf_config(a.src).get('model_type')
-        if mt != 'qwen3_moe': raise ValueError(f"{a.src}: model_type {mt!r}; `pithtrain convert` reads Qwen3-MoE ('qwen3_moe') checkpoints")
-        m = Qwen3MoE.from_hf(a.src)
-        p = save_checkpoint(a.dst, 0, m, extra=dict(model_config=m.cfg.to_dict(), model_class='pithtrain.qwen3_moe.Qwen3MoE', source=str(a.src)))
+        if mt not in FAMILIES: raise ValueError(f"{a.src}: model_type {mt!r} is not one pithtrain reads ({list(FAMILIES)})")
+        m = model_classes(mt)[0].from_hf(a.src)
+        p = save_checkpoint(a.dst, 0, m, extra=dict(model_config=m.cfg.to_dict(), source=str(a.src),
+                                                     model_class=f'{type(m).__module__}.{type(m).__qualname__}'))
         print(f"wrote {p} (use it with init_from={a.dst}, or pithtrain generate {a.dst})")
         return 0
     from pithtrain.trainer import load_model
@@ -88,7 +89,7 @@ def cmd_convert(a)->int:
     print(f"wrote HF checkpoint {out}")
     return 0
 
-# %% ../nbs/30_cli.ipynb #6183b70f
+# %% ../nbs/30_cli.ipynb #102519bc
 def parser()->argparse.ArgumentParser:
     "The `pithtrain` argument parser."
     ap = argparse.ArgumentParser(prog='pithtrain', description='pithtrain: train Mixture-of-Experts language models.',
@@ -120,7 +121,7 @@ def parser()->argparse.ArgumentParser:
     g.set_defaults(fn=cmd_generate)
     v = sub.add_parser('convert', help='HF safetensors <-> pithtrain checkpoint',
                        description='SRC a training checkpoint or run dir: write a HF safetensors directory DST. '
-                                   'SRC a HF checkpoint directory (Qwen3-MoE): write a pithtrain checkpoint under DST.')
+                                   'SRC a HF checkpoint directory (Qwen3-MoE, OLMoE, DeepSeek-V2, GPT-OSS): write a pithtrain checkpoint under DST.')
     v.add_argument('src'); v.add_argument('dst')
     v.add_argument('--dtype', choices=('bf16', 'fp32'), default='bf16', help='tensor dtype of an exported HF checkpoint')
     v.set_defaults(fn=cmd_convert)

@@ -97,3 +97,13 @@ def test_cuda_bf16_run_resume_and_mfu(tmp_path):
     assert (tmp_path/'loss.png').exists() and (tmp_path/'expert_load.png').exists()
     model, tok, meta = load_model(tmp_path, 'cuda')
     assert next(model.parameters()).dtype == torch.float32
+
+def test_export_hf_and_finetune_from_it(tmp_path):
+    "Training checkpoint -> HF safetensors (CLI convert) -> a new run starts from those weights (init_from)."
+    from pithtrain.cli import main
+    s = train(cfg(tmp_path/'pre', steps=30, lr=1e-2), progress=False)
+    assert main(['convert', str(tmp_path/'pre'), str(tmp_path/'hf'), '--dtype', 'fp32']) == 0
+    assert (tmp_path/'hf'/'model.safetensors').exists() and json.loads((tmp_path/'hf'/'config.json').read_text())['model_type'] == 'qwen3_moe'
+    ft = train(cfg(tmp_path/'ft', steps=2, init_from=str(tmp_path/'hf')), progress=False)
+    scratch = train(cfg(tmp_path/'scratch', steps=2), progress=False)
+    assert ft['first_loss'] < scratch['first_loss'] - 1.0, (ft, scratch)
