@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['FAMILIES', 'TrainConfig', 'model_classes', 'build_model', 'prepare', 'checkpoint_blocks', 'compile_dense',
-           'forward_backward', 'evaluate', 'versions', 'Metrics', 'plot_run', 'cpu_threads', 'NonFiniteError', 'train',
-           'generate', 'load_model']
+           'forward_backward', 'evaluate', 'versions', 'read_metrics', 'Metrics', 'plot_run', 'cpu_threads',
+           'NonFiniteError', 'train', 'generate', 'load_model']
 
-# %% ../nbs/23_trainer.ipynb #5e698b2a
+# %% ../nbs/23_trainer.ipynb #417b31d0
 import dataclasses, json, math, os, platform, resource, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from .core import Config, ConfigError, choice, check, get_device, seed_everythin
 from .optim import build_optimizer, build_schedule
 from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, init_from, is_hf_checkpoint
 
-# %% ../nbs/23_trainer.ipynb #52badb89
+# %% ../nbs/23_trainer.ipynb #7a914581
 def _pos(v): return v > 0
 def _nonneg(v): return v >= 0
 
@@ -71,7 +71,7 @@ class TrainConfig(Config):
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-# %% ../nbs/23_trainer.ipynb #2b8465c0
+# %% ../nbs/23_trainer.ipynb #a7d2cf9d
 def model_classes(family:str)->tuple:
     "(model class, config class) of a family: one explicit import each."
     if family == 'qwen3_moe': from pithtrain.qwen3_moe import Qwen3MoE as M, Qwen3MoEConfig as C
@@ -98,7 +98,7 @@ def prepare(cfg:TrainConfig)->str:
     if (Path(cfg.data)/'meta.json').is_file(): return cfg.data
     return prepare_data(cfg.data, tokenizer=cfg.tokenizer, progress=False)
 
-# %% ../nbs/23_trainer.ipynb #da034448
+# %% ../nbs/23_trainer.ipynb #75a1d9f4
 def _blocks(model):
     if not isinstance(getattr(model, 'layers', None), nn.ModuleList):
         raise ConfigError(f"{type(model).__name__} has no `layers` ModuleList: activation_checkpointing/compile need one")
@@ -117,7 +117,7 @@ def compile_dense(model:nn.Module):
         for name, ch in b.named_children():
             if not any(hasattr(m, 'update_bias') for m in ch.modules()): ch.compile()
 
-# %% ../nbs/23_trainer.ipynb #40a7441e
+# %% ../nbs/23_trainer.ipynb #faf01ee3
 def forward_backward(model:nn.Module, batches:list, # [(input_ids, labels), ...] micro-batches of one step
                      device:torch.device, amp:torch.dtype|None # autocast dtype (None: none)
                     )->tuple:
@@ -147,7 +147,7 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
     model.train(was)
     return (tot / max(n, 1)).item()
 
-# %% ../nbs/23_trainer.ipynb #ab09c99d
+# %% ../nbs/23_trainer.ipynb #832296d1
 def versions()->dict:
     "Versions of Python and the packages a run depends on, the git commit of pithtrain, and the device."
     import importlib.metadata as md, subprocess
@@ -159,6 +159,11 @@ def versions()->dict:
     except Exception: v['git'] = None
     v['device'] = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
     return v
+
+def read_metrics(run_dir:str|Path)->list:
+    "The rows of a run's metrics.jsonl (empty when there is none)."
+    p = Path(run_dir)/'metrics.jsonl'
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
 
 class Metrics:
     "Logged rows to `metrics.jsonl` (and W&B / TensorBoard when asked and installed)."
@@ -186,17 +191,17 @@ class Metrics:
         if self.tb is not None:
             for k, v in nums.items(): self.tb.add_scalar(k, v, row['step'])
 
-    def rows(self)->list: return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()] if self.path.exists() else []
+    def rows(self)->list: return read_metrics(self.path.parent)
     def close(self):
         if self.wb is not None: self.wb.finish()
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/23_trainer.ipynb #55404299
+# %% ../nbs/23_trainer.ipynb #51ad5156
 def plot_run(run_dir:str|Path)->list:
     "Write loss.png and expert_load.png from a run's metrics.jsonl; return the paths written."
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
-    run_dir = Path(run_dir); rows = Metrics.rows(type('M', (), {'path': run_dir/'metrics.jsonl'})())
+    run_dir = Path(run_dir); rows = read_metrics(run_dir)
     tr, ev = [r for r in rows if 'loss' in r], [r for r in rows if 'val_loss' in r]
     out = []
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -217,7 +222,7 @@ def plot_run(run_dir:str|Path)->list:
         fig.tight_layout(); fig.savefig(run_dir/'expert_load.png', dpi=100); plt.close(fig); out.append(run_dir/'expert_load.png')
     return out
 
-# %% ../nbs/23_trainer.ipynb #c298a355
+# %% ../nbs/23_trainer.ipynb #ab5b772a
 def cpu_threads(model:nn.Module, n:int=0)->int:
     "Set torch's CPU thread count for `model` (n=0: 1 thread under 20M parameters, else unchanged); return the old count."
     old = torch.get_num_threads()
@@ -227,9 +232,6 @@ def cpu_threads(model:nn.Module, n:int=0)->int:
 
 class NonFiniteError(RuntimeError):
     "The loss or gradient norm became NaN/Inf (with nan_policy='stop')."
-
-def _tokens_to_tensor(loader):
-    while True: yield loader.next_batch()
 
 def _setup(cfg:TrainConfig, model, loader):
     "Device, dtype, run dir, model, data and the facts saved with the run."
@@ -247,7 +249,7 @@ def _setup(cfg:TrainConfig, model, loader):
         data_meta['dir'] = ddir
     return device, amp, run_dir, model.to(device), loader, data_meta
 
-# %% ../nbs/23_trainer.ipynb #fa435aea
+# %% ../nbs/23_trainer.ipynb #162092a3
 def _stats(loss, aux, gn, counts, n):
     "Window sums (device tensors) → plain numbers, in one host sync."
     vals = torch.stack([loss, aux, gn]).double().div(n).tolist()
@@ -363,7 +365,7 @@ def train(cfg:TrainConfig,              # the run's config
     say(f"done: step {step}, {wall:.1f} s, run dir {run_dir}")
     return summary
 
-# %% ../nbs/23_trainer.ipynb #b8764aaa
+# %% ../nbs/23_trainer.ipynb #7a44a0be
 @torch.no_grad()
 def generate(model:nn.Module, tokenizer, # `encode(str)->ids`, `decode(ids)->str`, `eod_id`
              prompt:str, max_new_tokens:int=120, temperature:float=0.8, top_k:int|None=50,
