@@ -6,7 +6,7 @@
 __all__ = ['parse_value', 'read_config_file', 'load_config', 'cmd_train', 'cmd_generate', 'cmd_convert', 'parser', 'main']
 
 # %% ../nbs/30_cli.ipynb #e5a4104c
-import argparse, dataclasses, json, sys
+import argparse, dataclasses, json, os, sys
 from pathlib import Path
 
 # %% ../nbs/30_cli.ipynb #f5aff22d
@@ -47,6 +47,7 @@ def cmd_train(a)->int:
     cfg = load_config(a.config, a.overrides)
     try: s = train(cfg, progress=False if a.quiet else None)
     except NonFiniteError as e: print(f"error: {e}", file=sys.stderr); return 1
+    if os.environ.get('RANK', '0') != '0': return 0          # torchrun: rank 0 reports
     if s['stopped_by']:
         print(f"stopped by {s['stopped_by']} at step {s['step']}; resume with: pithtrain train run_dir={s['run_dir']}")
         return {'SIGTERM': 143, 'SIGINT': 130}.get(s['stopped_by'], 0)
@@ -105,6 +106,7 @@ def parser()->argparse.ArgumentParser:
                                    "(model.FIELD=VALUE for the model preset). An existing run_dir resumes from its latest checkpoint.")
     t.add_argument('--config', '-c', help='a .toml or .json file of TrainConfig fields (a [model] table for model overrides)')
     t.add_argument('--quiet', '-q', action='store_true', help='no progress bar or log lines')
+    t.add_argument('--nproc', type=int, default=1, help='processes on this machine (one per GPU): re-runs the command under torchrun')
     t.add_argument('overrides', nargs='*', metavar='key=value', help='e.g. steps=1000 lr=1e-3 optimizer=muon model.num_hidden_layers=4')
     t.set_defaults(fn=cmd_train)
     k = sub.add_parser('tokenize', help='tokenize a corpus into packed shards', add_help=False)
@@ -135,8 +137,16 @@ def main(argv:list|None=None)->int:
         from pithtrain.data import tokenize_main, DataError
         try: tokenize_main(argv[1:]); return 0
         except (DataError, FileNotFoundError) as e: print(f"pithtrain tokenize: error: {e}", file=sys.stderr); return 2
+    if argv[:1] == ['train'] and '--nproc' in argv:          # re-run this command under torchrun
+        from pithtrain.distributed import relaunch
+        i = argv.index('--nproc'); n = int(argv[i + 1])
+        rc = relaunch(n, argv[:i] + argv[i + 2:])
+        if rc is not None: return rc
+        argv = argv[:i] + argv[i + 2:]
     ap = parser()
     a = ap.parse_args(argv)
     try: return a.fn(a)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"pithtrain {a.cmd}: error: {e}", file=sys.stderr); return 2
+
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # `python -m pithtrain.cli`, `torchrun -m pithtrain.cli` (not in a notebook)

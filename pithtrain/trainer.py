@@ -8,7 +8,7 @@ __all__ = ['FAMILIES', 'TrainConfig', 'model_classes', 'build_model', 'prepare',
            'NonFiniteError', 'train', 'generate', 'load_model']
 
 # %% ../nbs/23_trainer.ipynb #417b31d0
-import dataclasses, json, math, os, platform, resource, sys, time
+import dataclasses, json, math, os, platform, resource, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from .core import Config, ConfigError, choice, check, get_device, seed_everything
 from .optim import build_optimizer, build_schedule
-from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, init_from, is_hf_checkpoint
+from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, list_checkpoints, init_from, is_hf_checkpoint
+from .distributed import init_distributed, destroy_distributed, parallelize, clip_grad_norm_, reduce_metrics, all_reduce_sum
+from .checkpoint_dcp import save_dcp, load_dcp
 
 # %% ../nbs/23_trainer.ipynb #7a914581
 def _pos(v): return v > 0
@@ -55,6 +57,7 @@ class TrainConfig(Config):
     compile:bool = False                  # torch.compile the dense (non-MoE) parts of each block
     dtype:str = choice('auto', 'bf16', 'fp32')  # compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU
     device:str = 'auto'
+    ep:int = check(1, _pos, 'must be > 0')  # expert-parallel degree (under torchrun; the world size must be a multiple)
     threads:int = check(0, _nonneg, 'must be >= 0 (0: auto)')  # CPU threads; 0: 1 for models under 20M parameters, else torch's default
     seed:int = 0
     run_dir:str = ''                      # '' : ./runs/<timestamp>; an existing one resumes from its latest checkpoint
@@ -233,21 +236,30 @@ def cpu_threads(model:nn.Module, n:int=0)->int:
 class NonFiniteError(RuntimeError):
     "The loss or gradient norm became NaN/Inf (with nan_policy='stop')."
 
+class _NoMetrics:
+    "What ranks other than 0 log: nothing."
+    def log(self, row): pass
+    def rows(self): return []
+    def close(self): pass
+
 def _setup(cfg:TrainConfig, model, loader):
     "Device, dtype, run dir, model, data and the facts saved with the run."
-    device = get_device(cfg.device)
+    info = init_distributed(cfg.ep, None, cfg.device)
+    device = info.device
     amp = torch.bfloat16 if (cfg.dtype == 'bf16' or (cfg.dtype == 'auto' and device.type == 'cuda')) else None
     seed_everything(cfg.seed)
     model = model if model is not None else build_model(cfg)   # before the run dir: a bad model config makes no directory
-    run_dir = Path(cfg.run_dir or Path('runs')/time.strftime('%Y%m%d-%H%M%S')); run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = [str(cfg.run_dir or Path('runs')/time.strftime('%Y%m%d-%H%M%S'))]
+    if info.distributed: torch.distributed.broadcast_object_list(run_dir, src=0)   # one run dir, rank 0's clock
+    run_dir = Path(run_dir[0]); run_dir.mkdir(parents=True, exist_ok=True)
     data_meta = {}
     if loader is None:
         from pithtrain.data import Loader
         ddir = prepare(cfg)
-        loader = Loader(ddir, cfg.batch_size, cfg.seq_len, seed=cfg.seed, split='train', vocab_size=model.cfg.vocab_size)
+        loader = Loader(ddir, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=info.rank, world_size=info.world, split='train', vocab_size=model.cfg.vocab_size)
         data_meta = {k: v for k, v in json.loads((Path(ddir)/'meta.json').read_text()).items() if k in ('fingerprint', 'tokenizer', 'tokenizer_path', 'vocab_size', 'n_tokens', 'n_docs', 'source')}
         data_meta['dir'] = ddir
-    return device, amp, run_dir, model.to(device), loader, data_meta
+    return info, device, amp, run_dir, parallelize(model.to(device), info, amp or torch.float32), loader, data_meta
 
 # %% ../nbs/23_trainer.ipynb #162092a3
 def _stats(loss, aux, gn, counts, n):
@@ -273,7 +285,8 @@ def train(cfg:TrainConfig,              # the run's config
     "Train per `cfg` in `cfg.run_dir`; return a summary (run_dir, step, first/last loss, val loss, tokens/s, wall time, checkpoint)."
     from tqdm.auto import tqdm
     t_start = time.perf_counter()
-    device, amp, run_dir, model, loader, data_meta = _setup(cfg, model, loader)
+    info, device, amp, run_dir, model, loader, data_meta = _setup(cfg, model, loader)
+    progress = progress and info.is_main
     mcfg = model.cfg.to_dict() if hasattr(model.cfg, 'to_dict') else {}
     opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     sched = build_schedule(opt, cfg.schedule, cfg.warmup, cfg.steps, cfg.min_lr_ratio, cfg.decay_frac)
@@ -281,27 +294,38 @@ def train(cfg:TrainConfig,              # the run's config
                  model_class=f'{type(model).__module__}.{type(model).__qualname__}', data=data_meta)
     ckpt_dir, step = run_dir/'checkpoints', 0
     last = latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if last is not None: step = load_checkpoint(last, model, opt, sched, loader, map_location=device)['step']
+    if last is not None and json.loads((last/'meta.json').read_text()).get('format') == 'dcp':
+        ex = load_dcp(last, model, opt, info); sched.load_state_dict(ex['scheduler']); loader.load_state_dict(ex['loader']); step = ex['step']
+    elif last is not None:
+        if info.distributed: raise ConfigError(f"{last} is a one-process checkpoint: resume it without torchrun (sharded runs write DCP checkpoints)")
+        step = load_checkpoint(last, model, opt, sched, loader, map_location=device)['step']
     elif cfg.init_from: init_from(model, cfg.init_from)
-    (run_dir/'config.json').write_text(json.dumps(dict(extra, versions=versions()), indent=1, default=str))
-    metrics = Metrics(run_dir, cfg, step if last is not None else None, config=extra)
-    if last is None and (run_dir/'metrics.jsonl').exists(): (run_dir/'metrics.jsonl').unlink()
+    if info.is_main:
+        (run_dir/'config.json').write_text(json.dumps(dict(extra, versions=versions(), world=info.world, ep=info.ep), indent=1, default=str))
+        if last is None and (run_dir/'metrics.jsonl').exists(): (run_dir/'metrics.jsonl').unlink()
+    metrics = Metrics(run_dir, cfg, step if last is not None else None, config=extra) if info.is_main else _NoMetrics()
     if cfg.activation_checkpointing: checkpoint_blocks(model)
     if cfg.compile: compile_dense(model)
     if val_loader is None and hasattr(loader, 'ds'):
         from pithtrain.data import Loader
-        val_loader = Loader([d.path for d in loader.ds], cfg.batch_size, cfg.seq_len, seed=cfg.seed, split='val')
+        val_loader = Loader([d.path for d in loader.ds], cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=info.rank, world_size=info.world, split='val')
     params = [p for p in model.parameters() if p.requires_grad]
     fpt = model.flops_per_token(cfg.seq_len) if hasattr(model, 'flops_per_token') else 0
-    tok_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+    tok_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world
     bar_on = progress or (progress is None and sys.stderr.isatty())
     say = (lambda s: tqdm.write(s)) if bar_on else print if progress is None else (lambda s: None)
     summary = dict(run_dir=str(run_dir), start_step=step, first_loss=None, last_loss=None, val_loss=None, skipped=0, stopped_by=None)
 
-    def save(s): return save_checkpoint(ckpt_dir, s, model, opt, sched, loader, extra, cfg.keep_last)
+    def save(s):
+        if not info.distributed: return save_checkpoint(ckpt_dir, s, model, opt, sched, loader, extra, cfg.keep_last)
+        path = ckpt_dir/f'step_{s:08d}'
+        save_dcp(path, model, opt, info, extra=dict(extra, step=s, scheduler=sched.state_dict(), loader=loader.state_dict()))
+        if info.is_main:
+            for old in list_checkpoints(ckpt_dir)[:-cfg.keep_last]: shutil.rmtree(old, ignore_errors=True)
+        return path
     def run_eval(s):
         if val_loader is None: return
-        vl = evaluate(model, val_loader, device, amp, cfg.eval_batches)
+        vl = reduce_metrics({'val': evaluate(model, val_loader, device, amp, cfg.eval_batches)}, info)['val']
         metrics.log(dict(step=s, val_loss=vl, val_ppl=math.exp(min(vl, 50)))); summary['val_loss'] = vl
         say(f"step {s:>6} | val loss {vl:.4f} | val ppl {math.exp(min(vl, 50)):.2f}")
 
@@ -316,9 +340,9 @@ def train(cfg:TrainConfig,              # the run's config
             while step < cfg.steps:
                 batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
                 loss, aux, counts = forward_backward(model, batches, device, amp)
-                gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float('inf'), foreach=True)
+                gn = clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float('inf'), info)  # global over all shards
                 step += 1
-                if not bool(torch.isfinite(loss + gn)):     # the one host sync per step
+                if not bool(torch.isfinite(gn if info.distributed else loss + gn)):  # the one host sync per step (gn is global: all ranks agree)
                     opt.zero_grad(set_to_none=True)
                     msg = f"non-finite value at step {step}: loss={loss.item()}, grad_norm={gn.item()}"
                     if cfg.nan_policy == 'stop':
@@ -329,16 +353,19 @@ def train(cfg:TrainConfig,              # the run's config
                     metrics.log(dict(step=step, skipped=True, lr=opt.param_groups[0]['lr'])); bar.update(1)
                     continue
                 opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-                for r in model.routers(): r.update_bias()
+                for r in model.routers(): r.update_bias(); r.reset_global_counts()  # a new global batch starts
                 w_loss, w_aux, w_gn, w_n = w_loss + loss, w_aux + aux, w_gn + gn.float(), w_n + 1
                 if counts is not None: w_counts = counts if w_counts is None else w_counts + counts
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps or step == summary['start_step'] + 1:
+                    if info.distributed:   # mean loss over ranks, counts summed (gn is already global)
+                        la = torch.stack([w_loss, w_aux]); torch.distributed.all_reduce(la); w_loss, w_aux = la / info.world
+                        if w_counts is not None: w_counts = all_reduce_sum(w_counts, info)
                     (l, a, g), load = _stats(w_loss, w_aux, w_gn, w_counts, w_n)
                     dt = time.perf_counter() - w_t0; tps = w_n * tok_per_step / dt
                     row = dict(step=step, loss=l, lb_loss=a, grad_norm=g, lr=sched.get_last_lr()[0], tokens_per_s=tps,
                                peak_mem_gb=_peak_mem_gb(device), elapsed_s=time.perf_counter() - t_start)
-                    if device.type == 'cuda' and fpt: row['mfu'] = tps * fpt / 989e12
+                    if device.type == 'cuda' and fpt: row['mfu'] = tps * fpt / 989e12 / info.world
                     row.update(load or {})
                     metrics.log(row); bar.set_postfix(loss=f'{l:.3f}', tok_s=f'{tps:,.0f}')
                     summary['first_loss'] = summary['first_loss'] or l; summary['last_loss'] = l
@@ -356,8 +383,9 @@ def train(cfg:TrainConfig,              # the run's config
                 summary['checkpoint'] = str(save(step))
     finally:
         bar.close(); metrics.close()
+        if info.distributed: destroy_distributed()
         if old_threads: torch.set_num_threads(old_threads)
-    if cfg.plots and summary['stopped_by'] is None: plot_run(run_dir)
+    if cfg.plots and summary['stopped_by'] is None and info.is_main: plot_run(run_dir)
     wall = time.perf_counter() - t_start
     rows = [r for r in metrics.rows() if 'tokens_per_s' in r]
     summary.update(step=step, wall_s=wall, tokens_per_s=float(np.median([r['tokens_per_s'] for r in rows])) if rows else None)
