@@ -100,7 +100,9 @@ def set_torchrun_env(rank:int, world:int, port:int, local_rank:int|None=None):
 # %% ../nbs/24_distributed.ipynb #dee6e11a
 def _spawn_entry(i, world, port, fn, args, out):
     set_torchrun_env(i, world, port); torch.set_num_threads(1)
-    try: r = fn(*args)
+    try:
+        r = fn(*args)
+        if dist.is_initialized(): dist.barrier()  # no rank tears gloo down while another still talks (else: SIGABRT)
     finally: destroy_distributed()
     torch.save(r, os.path.join(out, f'rank{i}.pt'))
 
