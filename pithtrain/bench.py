@@ -6,15 +6,15 @@
 __all__ = ['BATCH', 'PEAK_FLOPS', 'COMPONENTS', 'LEVERS', 'ROW_KEYS', 'GOALS', 'flops_per_token', 'hf_config', 'time_steps',
            'time_fn', 'state_bytes', 'random_batches', 'pithtrain_step', 'hf_step', 'measure', 'profile_components',
            'full_logits_ce', 'bf16_ce', 'bf16_residual', 'lever', 'patched', 'make_row', 'parse_args', 'bench_main',
-           'latest_results', 'plot_results', 'profile_table', 'plot_profile']
+           'latest_results', 'plot_results', 'profile_table', 'runs_table', 'plot_profile']
 
-# %% ../nbs/31_bench.ipynb #707e0ed7
+# %% ../nbs/31_bench.ipynb #dff7dadd
 import argparse, datetime, gc, itertools, json, os, statistics, sys, time
 from pathlib import Path
 import torch
 from .core import get_device
 
-# %% ../nbs/31_bench.ipynb #11a8c895
+# %% ../nbs/31_bench.ipynb #aa3b15e1
 BATCH = {'small': (8, 2048), 'qwen3-30b-a3b-6l': (4, 4096), 'tiny': (2, 64)}   # preset: (batch, seq_len)
 PEAK_FLOPS = 989e12   # H200 dense bf16 peak, the MFU denominator of hf_anchor.py
 
@@ -36,7 +36,7 @@ def hf_config(c # a `Qwen3MoEConfig`
                 norm_topk_prob=c.norm_topk_prob, max_position_embeddings=4096, output_router_logits=True,
                 router_aux_loss_coef=c.router_aux_loss_coef)
 
-# %% ../nbs/31_bench.ipynb #9e189556
+# %% ../nbs/31_bench.ipynb #0849b22c
 def _mark(cuda:bool):
     if not cuda: return time.perf_counter()
     e = torch.cuda.Event(enable_timing=True); e.record()
@@ -61,7 +61,7 @@ def time_fn(fn, device:torch.device, reps:int=10, warmup:int=3)->float:
     "Median ms of `fn()` (for the component profile)."
     return time_steps(fn, reps, warmup, device)['median_ms']
 
-# %% ../nbs/31_bench.ipynb #8ff55bb2
+# %% ../nbs/31_bench.ipynb #5d2f9910
 def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     "Bytes of parameters, gradients and optimizer state (after the optimizer's first step)."
     ps = list(model.parameters())
@@ -69,7 +69,7 @@ def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     return dict(params=sum(nb(p) for p in ps), grads=sum(nb(p) for p in ps if p.requires_grad),
                 optimizer=sum(nb(t) for s in opt.state.values() for t in s.values() if torch.is_tensor(t)))
 
-# %% ../nbs/31_bench.ipynb #f8f879e7
+# %% ../nbs/31_bench.ipynb #bc78f3a1
 def random_batches(n:int, B:int, S:int, vocab:int, device, seed:int=0)->list:
     "`n` random (input_ids, labels) batches on `device`; labels = the next token (pithtrain models do not shift)."
     g = torch.Generator().manual_seed(seed)
@@ -122,7 +122,7 @@ def hf_step(c, B:int, S:int, device:torch.device)->tuple:
         opt.step(); opt.zero_grad(set_to_none=True)
     return model, opt, step
 
-# %% ../nbs/31_bench.ipynb #8c5dd736
+# %% ../nbs/31_bench.ipynb #c2f830d2
 def _free(device):
     gc.collect()
     if device.type == 'cuda': torch.cuda.empty_cache()
@@ -149,7 +149,7 @@ def measure(name:str,          # 'pithtrain', 'pithtrain+compile' or 'hf'
     del model, opt, step; _free(device)
     return out
 
-# %% ../nbs/31_bench.ipynb #d4c61a90
+# %% ../nbs/31_bench.ipynb #a8e313e4
 COMPONENTS = ('attention', 'router', 'dispatch', 'experts', 'cross_entropy', 'optimizer', 'other')
 
 def _dtypes(model, B, S, device, amp):
@@ -225,7 +225,7 @@ def profile_components(model, opt, B:int, S:int, device:torch.device, step_ms:fl
                 ms={n: ms[n] for n in COMPONENTS}, share={n: ms[n] / step_ms for n in COMPONENTS},
                 tflops={n: f / (ms[n] / 1e3) / 1e12 for n, f in flops.items() if ms[n] > 0})
 
-# %% ../nbs/31_bench.ipynb #dea83316
+# %% ../nbs/31_bench.ipynb #f356edc5
 def full_logits_ce(h, w, labels, **kw):
     "Cross-entropy over the full (T, V) logits upcast to fp32, as transformers computes it."
     import torch.nn.functional as F
@@ -264,7 +264,7 @@ class patched:
     def __exit__(self, *exc):
         if self.patch: setattr(self.patch[0], self.patch[1], self.old)
 
-# %% ../nbs/31_bench.ipynb #37b987cb
+# %% ../nbs/31_bench.ipynb #bb6b3b62
 ROW_KEYS = ('preset', 'pithtrain_tokens_per_s', 'hf_tokens_per_s', 'ratio', 'pithtrain_mfu', 'pithtrain_peak_mem_gb',
             'hf_peak_mem_gb', 'pithtrain_activation_mem_gb', 'hf_activation_mem_gb')
 
@@ -297,7 +297,7 @@ def parse_args(argv:list|None=None, prog:str='pithtrain bench'):
     elif not torch.cuda.is_available(): ap.error('no CUDA device: run with --cpu-smoke to check the logic on a CPU')
     return a
 
-# %% ../nbs/31_bench.ipynb #3645887f
+# %% ../nbs/31_bench.ipynb #a94aa405
 def _versions()->dict:
     import importlib.metadata as md
     v = {'torch': torch.__version__}
@@ -363,7 +363,7 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
               f" | ratio {r['ratio'] or 0:.2f}x | MFU {r['pithtrain_mfu'] or 0:.1%}", flush=True)
     return res
 
-# %% ../nbs/31_bench.ipynb #5a2b29c6
+# %% ../nbs/31_bench.ipynb #c7e86fc8
 def latest_results(d='benchmarks/results')->tuple:
     "(results, profile) dicts of the newest `e2e-DATE.json` in `d` (and its profile file), or (None, None)."
     fs = sorted(Path(d).glob('e2e-2*.json'))
@@ -412,19 +412,32 @@ def profile_table(detail:dict)->str:
         lines.append(f'| {n} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
+def runs_table(detail:dict)->str:
+    "A markdown table of every measurement per preset: tokens/s, against pithtrain's eager step and HF, memory."
+    lines = ['| preset | run | tokens/s | × pithtrain | × HF | median ms | activations GB |', '|---|---|---:|---:|---:|---:|---:|']
+    for p, ms in detail['measurements'].items():
+        base = next((m['tokens_per_s'] for m in ms if m['name'] == 'pithtrain'), None)
+        hf = next((m['tokens_per_s'] for m in ms if m['name'] == 'hf'), None)
+        for m in ms:
+            r = lambda ref: f"{m['tokens_per_s'] / ref:.2f}" if ref else ''
+            act = f"{m['activation_mem_gb']:.1f}" if m.get('activation_mem_gb') is not None else ''
+            lines.append(f"| {p} | {m['name']} | {m['tokens_per_s']:,.0f} | {r(base)} | {r(hf)} | {m['median_ms']:.1f} | {act} |")
+    return '\n'.join(lines)
+
 def plot_profile(detail:dict):
-    "Stacked bars: where pithtrain's step time goes, per preset."
+    "Stacked bars: the share of pithtrain's step each component takes, per preset (labels: ms)."
     import matplotlib.pyplot as plt
     ps = {p: next((m['profile'] for m in ms if 'profile' in m), None) for p, ms in detail['measurements'].items()}
     ps = {p: v for p, v in ps.items() if v}
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.8 * len(ps)))
     for i, (p, v) in enumerate(ps.items()):
         left = 0
         for j, n in enumerate(COMPONENTS):
-            ms = max(v['ms'][n], 0)
-            ax.barh(i, ms, left=left, color=f'C{j}', label=n if i == 0 else None)
-            if ms > 0.06 * v['step_ms']: ax.text(left + ms / 2, i, f"{ms:.0f}", ha='center', va='center', fontsize=8, color='w')
-            left += ms
-    ax.set_yticks(range(len(ps)), list(ps)); ax.set_xlabel('ms per training step'); ax.legend(ncol=4, fontsize=8, loc='upper center', bbox_to_anchor=(.5, -.18))
+            sh = 100 * max(v['ms'][n], 0) / v['step_ms']
+            ax.barh(i, sh, left=left, color=f'C{j}', label=n if i == 0 else None)
+            if sh > 5: ax.text(left + sh / 2, i, f"{v['ms'][n]:.0f} ms", ha='center', va='center', fontsize=8, color='w')
+            left += sh
+    ax.set_yticks(range(len(ps)), [f"{p}\n{v['step_ms']:.0f} ms/step" for p, v in ps.items()])
+    ax.set_xlabel('% of the training step'); ax.legend(ncol=7, fontsize=8, loc='upper center', bbox_to_anchor=(.5, -.35))
     ax.set_title('pithtrain step by component'); fig.tight_layout()
     return fig
