@@ -3,7 +3,8 @@
 # Each step has its own time cap and a failure does not stop the rest. One log ($OUT/gpu_all.log); each benchmark
 # writes its JSON to benchmarks/results/ and $OUT/. Run from the repo root with pithtrain importable, e.g.
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD; bash benchmarks/gpu_all.sh
-# Env: GPU_ALL_BUDGET (seconds for everything, default 540), E2E_ARGS (default "--profile --compile --levers").
+# Env: GPU_ALL_BUDGET (seconds for everything, default 540), PYTEST_CAP (default 120), E2E_ARGS (default
+# "--profile --compile --levers"). pytest runs -v so a cut-off log still names the tests that finished.
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_all_out}; mkdir -p "$OUT"; export OUT
@@ -18,7 +19,7 @@ step() {  # step NAME CAP_SECONDS CMD...: run with min(CAP, time left), log it, 
   echo "=== $name: exit ${PIPESTATUS[0]} after t+$(( $(date +%s) - START ))s" | tee -a "$LOG"
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } 2>&1 | tee -a "$LOG"
-step "pytest -m gpu" 120 python3 -m pytest -q --no-header -p no:cacheprovider tests -m gpu
+step "pytest -m gpu" ${PYTEST_CAP:-120} python3 -m pytest -v --no-header -p no:cacheprovider tests -m gpu
 [ -f benchmarks/router.py ] && step "router benchmark" 45 python3 benchmarks/router.py
 [ -f benchmarks/dispatch.py ] && step "dispatch benchmark" 45 python3 benchmarks/dispatch.py
 T=$(left); step "e2e benchmark" "$T" python3 benchmarks/e2e.py ${E2E_ARGS:---profile --compile --levers} --budget-s $(( T - 150 ))
