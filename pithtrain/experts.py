@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['ACTS', 'split_gate_up', 'swiglu', 'expert_ffn_reference', 'expert_ffn_grouped_mm', 'expert_ffn']
 
-# %% ../nbs/03_experts.ipynb #585415b3
+# %% ../nbs/03_experts.ipynb #ed259ef0
 import os
 import torch, torch.nn.functional as F
 import triton, triton.language as tl
 
-# %% ../nbs/03_experts.ipynb #69833f01
+# %% ../nbs/03_experts.ipynb #d0e8bc4d
 ACTS = ('swiglu', 'swiglu_oai')
 
 def split_gate_up(gu:torch.Tensor, interleaved:bool=False):
@@ -25,7 +25,7 @@ def swiglu(gu:torch.Tensor, # (..., 2I) gate and up pre-activations
     g, u = g.clamp(max=limit), u.clamp(-limit, limit)
     return (u + 1) * g * torch.sigmoid(alpha * g)
 
-# %% ../nbs/03_experts.ipynb #51701996
+# %% ../nbs/03_experts.ipynb #83590092
 def _check(x, plan, w1, w2, b1, b2, act):
     "Validate shapes and options; return (E, H, I)."
     if act not in ACTS: raise ValueError(f"act={act!r} is not supported; choose one of {ACTS}")
@@ -46,7 +46,7 @@ def _compute_dtype(x:torch.Tensor)->torch.dtype:
     dt = x.device.type
     return torch.get_autocast_dtype(dt) if torch.is_autocast_enabled(dt) else x.dtype
 
-# %% ../nbs/03_experts.ipynb #02d34023
+# %% ../nbs/03_experts.ipynb #219fbcae
 def expert_ffn_reference(x:torch.Tensor, # (T, H) tokens
                          plan, # a `dispatch.RoutingPlan` (token_idx, offsets, inv)
                          w1:torch.Tensor, # (E, H, 2I) gate and up projections
@@ -68,7 +68,7 @@ def expert_ffn_reference(x:torch.Tensor, # (T, H) tokens
         out.append(y + b2[e].float() if b2 is not None else y)
     return torch.cat(out) if out else xs.new_zeros(0, H)
 
-# %% ../nbs/03_experts.ipynb #b649f29b
+# %% ../nbs/03_experts.ipynb #2ade9b14
 def _grouped_mm(a:torch.Tensor, b:torch.Tensor, offsets:torch.Tensor)->torch.Tensor:
     "Rows of `a` grouped by `offsets` (E+1,) times `b[e]`: torch's grouped_mm, else a loop (syncs)."
     try: return torch._grouped_mm(a, b, offs=offsets[1:])
@@ -93,7 +93,7 @@ def expert_ffn_grouped_mm(x, plan, w1, w2, b1=None, b2=None, act='swiglu', alpha
     y = _grouped_mm(swiglu(gu, act, alpha, limit, interleaved), w2.to(dt), plan.offsets)
     return y + b2.to(dt)[ex] if b2 is not None else y
 
-# %% ../nbs/03_experts.ipynb #5f644472
+# %% ../nbs/03_experts.ipynb #c56c6ac5
 @triton.jit
 def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
     "Row tile `pid_m` -> (expert, first row, end of that expert's rows); first >= end means no work."
@@ -108,7 +108,7 @@ def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
     row0 = tl.sum(tl.where(here, lo, 0), 0) + (pid_m - first) * BM
     return e, row0, tl.sum(tl.where(here, hi, 0), 0)
 
-# %% ../nbs/03_experts.ipynb #a9d3106f
+# %% ../nbs/03_experts.ipynb #4e9045ed
 @triton.jit
 def _act_fwd(g, u, alpha, limit, OAI:tl.constexpr):
     "SwiGLU (or GPT-OSS's clamped form) of fp32 gate and up tiles."
@@ -131,7 +131,7 @@ def _act_bwd(dh, g, u, alpha, limit, OAI:tl.constexpr):
     s = tl.sigmoid(g)
     return dh * u * s * (1 + g * (1 - s)), dh * g * s
 
-# %% ../nbs/03_experts.ipynb #7f0e18c2
+# %% ../nbs/03_experts.ipynb #27fcb925
 @triton.jit
 def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
                 sa_m, sa_k, sw_e, sw_k, sw_n, sc_m, sc_n, sx_m, sx_n, alpha, limit,
@@ -206,7 +206,7 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
             tl.store(cm + sg[None, :] * sc_n, dg.to(c.dtype.element_ty), mask=omask)
             tl.store(cm + su[None, :] * sc_n, du.to(c.dtype.element_ty), mask=omask)
 
-# %% ../nbs/03_experts.ipynb #95d6c2d1
+# %% ../nbs/03_experts.ipynb #8205774a
 @triton.jit
 def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
                   GATHER:tl.constexpr, HAS_BIAS:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr,
@@ -239,7 +239,7 @@ def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e,
     tl.store(dwe + rk[:, None] * sw_k + rn[None, :] * sw_n, acc.to(dw.dtype.element_ty), mask=(rk < KO)[:, None] & nmask[None, :])
     if HAS_BIAS: tl.store(db + e * NO + rn, dbacc.to(db.dtype.element_ty), mask=nmask & (pm == 0))
 
-# %% ../nbs/03_experts.ipynb #7534cd0f
+# %% ../nbs/03_experts.ipynb #8f4fcbda
 @triton.jit
 def _token_sum_kernel(rows, inv, wts, out, H, k, sr, so, BH:tl.constexpr, HAS_W:tl.constexpr):
     "out[t] = Σ_j (wts[t, j] ·) rows[inv[t·k + j]] in fp32."
@@ -268,7 +268,7 @@ def _token_sum(rows:torch.Tensor, # (N, H) plan rows
                                               BH=BH, HAS_W=weights is not None)
     return out
 
-# %% ../nbs/03_experts.ipynb #09b18542
+# %% ../nbs/03_experts.ipynb #9ce9af6e
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 _AUTOTUNE = os.environ.get('PITHTRAIN_AUTOTUNE', '1') == '1' and not _INTERPRET
 
@@ -294,7 +294,7 @@ _dh = _tuned(_even_k(_gmm_kernel), _cfgs((128, 128, 64, 8, 4), (128, 64, 64, 4, 
 _WG = ((128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 128, 8, 3))
 _wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*[c + (ta,) for ta in (False, True) for c in _WG]), ['KO', 'NO', 'MB'])
 
-# %% ../nbs/03_experts.ipynb #cb10bb6f
+# %% ../nbs/03_experts.ipynb #31520db0
 def _mb(n:int)->int: return triton.next_power_of_2(max(n, 1))  # the autotune key's row-count bucket
 
 def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0):
@@ -318,7 +318,7 @@ def _wgrad(a, tok, b, offs, dw, db):
               GATHER=tok is not None, HAS_BIAS=db is not None, MB=_mb(b.shape[0]))
     return dw
 
-# %% ../nbs/03_experts.ipynb #d74a0a60
+# %% ../nbs/03_experts.ipynb #a2af0f86
 class _ExpertFFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, token_idx, offsets, inv, w1, w2, b1, b2, dt, oai, inter, alpha, limit):
@@ -362,7 +362,7 @@ class _ExpertFFN(torch.autograd.Function):
             _wgrad(xc, token_idx, dgu, offsets, dw1, db1)
         return dx, None, None, None, dw1, dw2, db1, db2, None, None, None, None, None
 
-# %% ../nbs/03_experts.ipynb #58a133ce
+# %% ../nbs/03_experts.ipynb #6f2d451c
 def expert_ffn(x:torch.Tensor, # (T, H) tokens (not gathered: the kernel reads x[plan.token_idx])
                plan, # a `dispatch.RoutingPlan`: token_idx (N,), offsets (E+1,) int32, inv (T·k,)
                w1:torch.Tensor, # (E, H, 2I) gate and up projections
