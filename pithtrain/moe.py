@@ -6,7 +6,7 @@
 __all__ = ['expert_act', 'moe_reference', 'MoE', 'ModelOutput', 'lm_output', 'param_counts', 'MoEBlock', 'matmul_params',
            'keys_seen', 'CausalLM']
 
-# %% ../nbs/05_moe.ipynb #3211db8e
+# %% ../nbs/05_moe.ipynb #48bac0f7
 from typing import NamedTuple
 import torch
 import torch.nn as nn
@@ -18,7 +18,7 @@ from .experts import expert_ffn, expert_ffn_grouped_mm
 from .layers import RMSNorm, SwiGLUMLP, cross_entropy, rope_cache, init_weights
 from .checkpoint_hf import read_hf_config, load_hf, save_hf
 
-# %% ../nbs/05_moe.ipynb #588e1608
+# %% ../nbs/05_moe.ipynb #f07c5f60
 def expert_act(h:torch.Tensor,           # (N, 2I) first-GEMM output: [gate | up] (or interleaved)
                act:str='swiglu',         # 'swiglu' or 'swiglu_oai' (GPT-OSS)
                alpha:float=1.702,        # swiglu_oai sigmoid slope
@@ -47,7 +47,7 @@ def moe_reference(x:torch.Tensor, ids:torch.Tensor, weights:torch.Tensor, # (T, 
         y = y.index_add(0, tok, o.float() * weights[tok, slot, None].float())
     return y.to(x.dtype)
 
-# %% ../nbs/05_moe.ipynb #4bcc9122
+# %% ../nbs/05_moe.ipynb #7e77b73f
 class MoE(nn.Module):
     "Router + dispatch + grouped expert FFN + weighted combine (+ optional gated shared experts)."
     def __init__(self, hidden:int,                # model width H
@@ -108,7 +108,7 @@ class MoE(nn.Module):
         per = sum(p[0].numel() for p in (self.w1, self.w2, self.b1, self.b2) if p is not None)
         return (self.w1.shape[0] - self.top_k * self.w1.shape[0] // self.n_experts) * per   # EP: this rank's share
 
-# %% ../nbs/05_moe.ipynb #69c58fa3
+# %% ../nbs/05_moe.ipynb #871bb358
 class ModelOutput(NamedTuple):
     "What a pithtrain model returns."
     loss: torch.Tensor|None     # mean token cross-entropy, fp32 (None without labels)
@@ -125,14 +125,14 @@ def lm_output(h:torch.Tensor,             # (B, S, H) final-normed hidden states
     aux = sum((r.aux_loss for r in routed), h.new_zeros((), dtype=torch.float32))
     stats = [r.counts for r in routed]
     if labels is None: return ModelOutput(None, aux, F.linear(h, head.to(h.dtype)), stats)
-    return ModelOutput(cross_entropy(h, head.to(h.dtype), labels), aux, None, stats)
+    return ModelOutput(cross_entropy(h, head, labels), aux, None, stats)   # casts to the autocast dtype itself
 
 def param_counts(model:nn.Module)->tuple[int, int]:
     "(total, active per token) parameters; active leaves out the experts a token is not routed to."
     total = sum(p.numel() for p in model.parameters())
     return total, total - sum(m.inactive_params() for m in model.modules() if isinstance(m, MoE))
 
-# %% ../nbs/05_moe.ipynb #e013ad9c
+# %% ../nbs/05_moe.ipynb #ef0c2014
 class MoEBlock(nn.Module):
     "Pre-norm attention then a pre-norm `MoE` (or dense) MLP, each added to the residual; `-> (x, RouterOutput|None)`."
     def forward(self, x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor # (B, S, H) and the RoPE tables
@@ -144,7 +144,7 @@ class MoEBlock(nn.Module):
             return x + y, r
         return x + self.mlp(h), None
 
-# %% ../nbs/05_moe.ipynb #d94a4cd3
+# %% ../nbs/05_moe.ipynb #fef496cc
 def matmul_params(m:nn.Module)->int:
     "Matmul weights one token passes through in `m`: its 2-D parameters, and in a `MoE` only `top_k` experts'."
     own = (m.top_k * sum(w.numel() // w.shape[0] for w in (m.w1, m.w2)) if isinstance(m, MoE)
@@ -181,7 +181,8 @@ class CausalLM(nn.Module):
     def forward(self, input_ids:torch.Tensor,           # (B, S) int64 token ids
                 labels:torch.Tensor|None=None           # (B, S) aligned targets (-100: ignore); None: return logits
                )->ModelOutput:
-        x = self.embed_tokens(input_ids)
+        x, dev = self.embed_tokens(input_ids), input_ids.device.type
+        if torch.is_autocast_enabled(dev): x = x.to(torch.get_autocast_dtype(dev))   # bf16 residual stream, as HF keeps it
         cos, sin = self.rope(input_ids.shape[1], x.device)
         routed = []
         for layer in self.layers:
