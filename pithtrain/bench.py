@@ -5,16 +5,16 @@
 # %% auto #0
 __all__ = ['BATCH', 'PEAK_FLOPS', 'COMPONENTS', 'LEVERS', 'ROW_KEYS', 'GOALS', 'flops_per_token', 'hf_config', 'time_steps',
            'time_fn', 'state_bytes', 'random_batches', 'pithtrain_step', 'hf_step', 'measure', 'profile_components',
-           'full_logits_ce', 'bf16_ce', 'bf16_residual', 'lever', 'patched', 'make_row', 'parse_args', 'bench_main',
+           'full_logits_ce', 'fp32_ce', 'fp32_residual', 'lever', 'patched', 'make_row', 'parse_args', 'bench_main',
            'latest_results', 'plot_results', 'profile_table', 'runs_table', 'plot_profile']
 
-# %% ../nbs/31_bench.ipynb #dff7dadd
+# %% ../nbs/31_bench.ipynb #c1210ce6
 import argparse, datetime, gc, itertools, json, os, statistics, sys, time
 from pathlib import Path
 import torch
 from .core import get_device
 
-# %% ../nbs/31_bench.ipynb #aa3b15e1
+# %% ../nbs/31_bench.ipynb #3e72dd11
 BATCH = {'small': (8, 2048), 'qwen3-30b-a3b-6l': (4, 4096), 'tiny': (2, 64)}   # preset: (batch, seq_len)
 PEAK_FLOPS = 989e12   # H200 dense bf16 peak, the MFU denominator of hf_anchor.py
 
@@ -36,7 +36,7 @@ def hf_config(c # a `Qwen3MoEConfig`
                 norm_topk_prob=c.norm_topk_prob, max_position_embeddings=4096, output_router_logits=True,
                 router_aux_loss_coef=c.router_aux_loss_coef)
 
-# %% ../nbs/31_bench.ipynb #0849b22c
+# %% ../nbs/31_bench.ipynb #8cfc433c
 def _mark(cuda:bool):
     if not cuda: return time.perf_counter()
     e = torch.cuda.Event(enable_timing=True); e.record()
@@ -61,7 +61,7 @@ def time_fn(fn, device:torch.device, reps:int=10, warmup:int=3)->float:
     "Median ms of `fn()` (for the component profile)."
     return time_steps(fn, reps, warmup, device)['median_ms']
 
-# %% ../nbs/31_bench.ipynb #5d2f9910
+# %% ../nbs/31_bench.ipynb #bad3e749
 def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     "Bytes of parameters, gradients and optimizer state (after the optimizer's first step)."
     ps = list(model.parameters())
@@ -69,7 +69,7 @@ def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     return dict(params=sum(nb(p) for p in ps), grads=sum(nb(p) for p in ps if p.requires_grad),
                 optimizer=sum(nb(t) for s in opt.state.values() for t in s.values() if torch.is_tensor(t)))
 
-# %% ../nbs/31_bench.ipynb #bc78f3a1
+# %% ../nbs/31_bench.ipynb #fb448478
 def random_batches(n:int, B:int, S:int, vocab:int, device, seed:int=0)->list:
     "`n` random (input_ids, labels) batches on `device`; labels = the next token (pithtrain models do not shift)."
     g = torch.Generator().manual_seed(seed)
@@ -122,7 +122,7 @@ def hf_step(c, B:int, S:int, device:torch.device)->tuple:
         opt.step(); opt.zero_grad(set_to_none=True)
     return model, opt, step
 
-# %% ../nbs/31_bench.ipynb #c2f830d2
+# %% ../nbs/31_bench.ipynb #f7d22b50
 def _free(device):
     gc.collect()
     if device.type == 'cuda': torch.cuda.empty_cache()
@@ -149,7 +149,7 @@ def measure(name:str,          # 'pithtrain', 'pithtrain+compile' or 'hf'
     del model, opt, step; _free(device)
     return out
 
-# %% ../nbs/31_bench.ipynb #a8e313e4
+# %% ../nbs/31_bench.ipynb #51a612fb
 COMPONENTS = ('attention', 'router', 'dispatch', 'experts', 'cross_entropy', 'optimizer', 'other')
 
 def _dtypes(model, B, S, device, amp):
@@ -225,32 +225,30 @@ def profile_components(model, opt, B:int, S:int, device:torch.device, step_ms:fl
                 ms={n: ms[n] for n in COMPONENTS}, share={n: ms[n] / step_ms for n in COMPONENTS},
                 tflops={n: f / (ms[n] / 1e3) / 1e12 for n, f in flops.items() if ms[n] > 0})
 
-# %% ../nbs/31_bench.ipynb #f356edc5
+# %% ../nbs/31_bench.ipynb #663257f8
 def full_logits_ce(h, w, labels, **kw):
     "Cross-entropy over the full (T, V) logits upcast to fp32, as transformers computes it."
     import torch.nn.functional as F
     lg = F.linear(h.reshape(-1, h.shape[-1]), w).float()
     return F.cross_entropy(lg, labels.reshape(-1), ignore_index=-100)
 
-def _amp_dtype(t): return torch.get_autocast_dtype(t.device.type) if torch.is_autocast_enabled(t.device.type) else t.dtype
-
-def bf16_ce(h, w, labels, **kw):
-    "pithtrain's chunked cross-entropy with the hidden states and head weight cast to the autocast dtype first."
+def fp32_ce(h, w, labels, **kw):
+    "pithtrain's chunked cross-entropy with its matmuls in fp32 (autocast off, inputs upcast)."
     from pithtrain.layers import cross_entropy
-    dt = _amp_dtype(h)
-    return cross_entropy(h.to(dt), w.to(dt), labels, **kw)
+    with torch.autocast(h.device.type, enabled=False): return cross_entropy(h.float(), w.float(), labels, **kw)
 
-def bf16_residual(model):
-    "Cast the embedding output to the autocast dtype: residual stream, norms and LM head then run in bf16."
-    model.embed_tokens.register_forward_hook(lambda m, a, o: o.to(_amp_dtype(o)))
+def fp32_residual(model):
+    "Cast the embedding output back to fp32: residual stream, norms and LM head inputs then fp32."
+    model.embed_tokens.register_forward_hook(lambda m, a, o: o.float())
 
-LEVERS = ('bf16-residual', 'bf16-ce-inputs', 'torch-experts', 'trainer-sync', 'full-logits-ce')
+LEVERS = ('flash-attention', 'fp32-ce', 'fp32-residual', 'torch-experts', 'trainer-sync', 'full-logits-ce')
 
 def lever(name:str)->dict:
     "What lever `name` changes: `patch` (module, attribute, value) while measured, `setup(model)`, `sync`."
     from pithtrain.experts import expert_ffn_grouped_mm
-    import pithtrain.moe as moe
-    d = {'bf16-residual': dict(setup=bf16_residual), 'bf16-ce-inputs': dict(patch=(moe, 'cross_entropy', bf16_ce)),
+    import pithtrain.moe as moe, pithtrain.layers as layers
+    d = {'flash-attention': dict(patch=(layers, 'CUDNN_FIRST', False)), 'fp32-ce': dict(patch=(moe, 'cross_entropy', fp32_ce)),
+         'fp32-residual': dict(setup=fp32_residual),
          'torch-experts': dict(patch=(moe, 'expert_ffn', expert_ffn_grouped_mm)), 'trainer-sync': dict(sync=True),
          'full-logits-ce': dict(patch=(moe, 'cross_entropy', full_logits_ce))}
     if name not in d: raise ValueError(f"lever {name!r} is not known; choose one of {LEVERS}")
@@ -264,7 +262,7 @@ class patched:
     def __exit__(self, *exc):
         if self.patch: setattr(self.patch[0], self.patch[1], self.old)
 
-# %% ../nbs/31_bench.ipynb #bb6b3b62
+# %% ../nbs/31_bench.ipynb #1a56c5c6
 ROW_KEYS = ('preset', 'pithtrain_tokens_per_s', 'hf_tokens_per_s', 'ratio', 'pithtrain_mfu', 'pithtrain_peak_mem_gb',
             'hf_peak_mem_gb', 'pithtrain_activation_mem_gb', 'hf_activation_mem_gb')
 
@@ -297,7 +295,7 @@ def parse_args(argv:list|None=None, prog:str='pithtrain bench'):
     elif not torch.cuda.is_available(): ap.error('no CUDA device: run with --cpu-smoke to check the logic on a CPU')
     return a
 
-# %% ../nbs/31_bench.ipynb #a94aa405
+# %% ../nbs/31_bench.ipynb #6ae1cdba
 def _versions()->dict:
     import importlib.metadata as md
     v = {'torch': torch.__version__}
@@ -350,7 +348,7 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
         if a.budget_s and time.perf_counter() - t0 > a.budget_s:
             detail['skipped'].append(dict(preset=p, name=name, error='out of --budget-s')); save(); return
         run(p, name, build)
-    extra = [('lever', LEVERS[0])] if a.levers else []          # bf16-residual first: the lever with most to say
+    extra = [('lever', LEVERS[0])] if a.levers else []          # flash-attention first: the newest choice
     extra += [('compile', None)] if a.compile and not a.cpu_smoke else []
     extra += [('lever', n) for n in LEVERS[1:]] if a.levers else []
     for kind, n in extra:
@@ -363,7 +361,7 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
               f" | ratio {r['ratio'] or 0:.2f}x | MFU {r['pithtrain_mfu'] or 0:.1%}", flush=True)
     return res
 
-# %% ../nbs/31_bench.ipynb #c7e86fc8
+# %% ../nbs/31_bench.ipynb #8ae3c241
 def latest_results(d='benchmarks/results')->tuple:
     "(results, profile) dicts of the newest `e2e-DATE.json` in `d` (and its profile file), or (None, None)."
     fs = sorted(Path(d).glob('e2e-2*.json'))
