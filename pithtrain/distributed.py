@@ -83,9 +83,11 @@ def init_distributed(ep:int=1,                 # expert-parallel degree (a divis
     flat = init_device_mesh(dev.type, (world,), mesh_dim_names=('fsdp',))
     return DistInfo(rank, world, local, dp, ep, dev, mesh, flat)
 
-def destroy_distributed(info:DistInfo|None=None):
-    "Tear the process group down (no-op without one)."
-    if dist.is_initialized(): dist.destroy_process_group()
+def destroy_distributed(info:DistInfo|None=None, barrier:bool=True):
+    "Tear the process group down (no-op without one); `barrier` first, so no rank closes gloo while another still talks."
+    if not dist.is_initialized(): return
+    if barrier: dist.barrier()   # without it a fast rank's teardown can abort a slow one ('terminate called...', SIGABRT)
+    dist.destroy_process_group()
 
 # %% ../nbs/24_distributed.ipynb #411dade7
 def free_port()->int:
@@ -100,10 +102,9 @@ def set_torchrun_env(rank:int, world:int, port:int, local_rank:int|None=None):
 # %% ../nbs/24_distributed.ipynb #dee6e11a
 def _spawn_entry(i, world, port, fn, args, out):
     set_torchrun_env(i, world, port); torch.set_num_threads(1)
-    try:
-        r = fn(*args)
-        if dist.is_initialized(): dist.barrier()  # no rank tears gloo down while another still talks (else: SIGABRT)
-    finally: destroy_distributed()
+    try: r = fn(*args)
+    except BaseException: destroy_distributed(barrier=False); raise   # the others may never reach a barrier
+    destroy_distributed()
     torch.save(r, os.path.join(out, f'rank{i}.pt'))
 
 def spawn(fn,         # importable function run on every rank; it calls `init_distributed` itself

@@ -383,7 +383,7 @@ def train(cfg:TrainConfig,              # the run's config
                 summary['checkpoint'] = str(save(step))
     finally:
         bar.close(); metrics.close()
-        if info.distributed: destroy_distributed()
+        if info.distributed: destroy_distributed(barrier=sys.exc_info()[0] is None)  # no barrier after an error: peers may never reach it
         if old_threads: torch.set_num_threads(old_threads)
     if cfg.plots and summary['stopped_by'] is None and info.is_main: plot_run(run_dir)
     wall = time.perf_counter() - t_start
