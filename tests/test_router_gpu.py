@@ -57,9 +57,10 @@ def test_router_bf16_cuda_matches_fp32_cpu(name):
     wc, wg = oc.weights.gather(1, ic.indices), og.weights.cpu().gather(1, ig.indices)
     if cfg.capacity_factor is not None:   # a flipped near-tie moves the capacity cut for every later token of that expert
         kc, kg = oc.keep.gather(1, ic.indices), og.keep.cpu().gather(1, ig.indices)
-        same = same & (kc == kg).all(-1)
-        assert same.float().mean() > 0.98, f'{(~same).sum()} of {T} tokens differ in choice or drops'
-    assert _rel(wg[same], wc[same]) < 1e-5
+        agree = same & (kc == kg).all(-1)
+        assert agree.float().mean() > 0.98, f'{(~agree).sum()} of {T} tokens differ in choice or drops'
+    else: agree = same
+    assert _rel(wg[agree], wc[agree]) < 1e-5
     assert (og.counts.cpu() - oc.counts).abs().sum() <= 2 * K * (~same).sum()
     assert abs(og.aux_loss.item() - oc.aux_loss.item()) <= 1e-4 * abs(oc.aux_loss.item()) + 1e-7
     for k in oc.losses: assert abs(og.losses[k].item() - oc.losses[k].item()) <= 1e-3 * abs(oc.losses[k].item()) + 1e-6, k
