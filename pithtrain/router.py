@@ -6,7 +6,7 @@
 __all__ = ['RouterConfig', 'route_scores', 'select_experts', 'gate_weights', 'expert_counts', 'capacity', 'capacity_keep',
            'balance_loss', 'seq_aux_loss', 'z_loss', 'RouterOutput', 'recomputing', 'Router', 'load_stats']
 
-# %% ../nbs/01_router.ipynb #00e8a410
+# %% ../nbs/01_router.ipynb #f6093842
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from .core import Config, ConfigError, choice, check
 
-# %% ../nbs/01_router.ipynb #c6eb0e3c
+# %% ../nbs/01_router.ipynb #ba5fb41e
 _nonneg = lambda v: v >= 0
 
 @dataclass
@@ -53,7 +53,7 @@ class RouterConfig(Config):
         if k > self.topk_group * (E // G):
             raise ConfigError(f"{n}.top_k = {k} > topk_group·n_experts/n_group = {self.topk_group * (E // G)}: not enough experts in the chosen groups")
 
-# %% ../nbs/01_router.ipynb #3f8a0921
+# %% ../nbs/01_router.ipynb #b290fe82
 def route_scores(logits:torch.Tensor, # (T, E) fp32 router logits
                  score:str            # 'softmax', 'sigmoid' or 'softmax_topk'
                 )->tuple[torch.Tensor, torch.Tensor]:
@@ -80,17 +80,19 @@ def select_experts(choice:torch.Tensor,  # (T, E) scores to rank (bias included)
         choice = choice.masked_fill(~keep[:, :, None].expand_as(g).reshape(T, E), float('-inf'))
     return choice.topk(k, -1).indices
 
-def gate_weights(scores:torch.Tensor,  # (T, E) from `route_scores` (the logits for softmax_topk)
-                 ids:torch.Tensor,     # (T, k) chosen experts
-                 cfg:RouterConfig
+def gate_weights(scores:torch.Tensor,     # (T, E) from `route_scores` (the logits for softmax_topk)
+                 ids:torch.Tensor,        # (T, k) chosen experts
+                 cfg:RouterConfig,
+                 logits:torch.Tensor|None=None # (T, E) logits: renormalised softmax weights come from them directly
                 )->torch.Tensor:
     "Routing weights (T, k): gathered scores, optionally renormalised, times the scaling factor."
+    if cfg.score == 'softmax' and cfg.norm_topk_prob and logits is not None: scores = logits  # p_j/Σ_k p = softmax of the k logits
     w = scores.gather(1, ids)
-    if cfg.score == 'softmax_topk': w = w.softmax(-1)
+    if cfg.score == 'softmax_topk' or scores is logits: w = w.softmax(-1)
     elif cfg.norm_topk_prob: w = w / (w.sum(-1, keepdim=True) + 1e-20)
-    return w * cfg.routed_scaling_factor
+    return w if cfg.routed_scaling_factor == 1.0 else w * cfg.routed_scaling_factor
 
-# %% ../nbs/01_router.ipynb #fac461ce
+# %% ../nbs/01_router.ipynb #9768d217
 def expert_counts(ids:torch.Tensor, # (T, k) expert ids
                   n_experts:int     # E
                  )->torch.Tensor:
@@ -110,18 +112,23 @@ def capacity_keep(ids:torch.Tensor,    # (T, k) expert ids
     "(T, k) bool: True for the first `cap` pairs of each expert in token order, False for dropped ones."
     flat = ids.reshape(-1)
     e, order = torch.sort(flat, stable=True)
-    start = (counts.cumsum(0) - counts).long()
-    rank = torch.arange(flat.numel(), device=ids.device) - start.gather(0, e)
-    return torch.empty_like(flat).scatter_(0, order, rank).view_as(ids) < cap
+    start = counts.cumsum(0, dtype=torch.int64) - counts         # first sorted position of each expert
+    keep = torch.arange(flat.numel(), device=ids.device) - start[e] < cap
+    return torch.empty_like(keep).scatter_(0, order, keep).view_as(ids)
 
-# %% ../nbs/01_router.ipynb #d80f0017
+# %% ../nbs/01_router.ipynb #eede0a4b
 def balance_loss(probs:torch.Tensor,  # (T, E) routing distribution
                  counts:torch.Tensor, # (E,) pairs per expert (this micro-batch, or the global batch)
-                 k:int                # experts per token
+                 k:int,               # experts per token
+                 total:int|None=None  # Σcounts when the host knows it (T·k for this micro-batch's counts)
                 )->torch.Tensor:
     "Switch aux loss `E·Σ f_e·P_e`, `f_e = k·counts_e/Σcounts` (tokens' share), `P_e` = mean prob; k at balance."
-    f = counts.to(probs.dtype) * k / counts.sum().clamp_min(1).to(probs.dtype)
-    return probs.shape[1] * (f * probs.mean(0)).sum()
+    return _balance(probs.sum(0), counts, k, probs.shape[0], total)
+
+def _balance(psum, counts, k, T, total=None):
+    "`balance_loss` from the column sums `psum` (E,) of probs: one dot product, constants folded on the host."
+    loss = torch.dot(psum, counts.to(psum.dtype)) * (psum.shape[0] * k / max(T, 1))
+    return loss / max(total, 1) if total is not None else loss / counts.sum().clamp_min(1)
 
 def seq_aux_loss(probs:torch.Tensor, # (T, E) routing distribution, T = B·seq_len
                  ids:torch.Tensor,   # (T, k) chosen experts
@@ -132,13 +139,13 @@ def seq_aux_loss(probs:torch.Tensor, # (T, E) routing distribution, T = B·seq_l
     if T % seq_len: raise ValueError(f"seq_aux_loss: {T} tokens is not a whole number of sequences of seq_len = {seq_len}")
     B = T // seq_len
     c = probs.new_zeros(B, E).scatter_add_(1, ids.reshape(B, seq_len * k), probs.new_ones(B, seq_len * k))
-    return ((c * E / (k * seq_len)) * probs.view(B, seq_len, E).mean(1)).sum(1).mean()
+    return torch.dot(c.view(-1), probs.view(B, seq_len, E).sum(1).view(-1)) * (E / (k * seq_len * seq_len * max(B, 1)))
 
 def z_loss(logits:torch.Tensor)->torch.Tensor:
     "Router z-loss: mean over tokens of `logsumexp(logits)²`."
     return torch.logsumexp(logits, -1).square().mean()
 
-# %% ../nbs/01_router.ipynb #4747fb31
+# %% ../nbs/01_router.ipynb #2c42a626
 class RouterOutput(NamedTuple):
     "What a router returns for T tokens."
     ids: torch.Tensor            # (T, k) int64 chosen experts, best first
@@ -177,7 +184,7 @@ class Router(nn.Module):
     def logits(self, x:torch.Tensor)->torch.Tensor:
         "(T, E) router logits in fp32 (fp64 for fp64 input, for gradcheck)."
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return F.linear(x.to(dt), self.weight.to(dt), None if self.bias is None else self.bias.to(dt))
+        return F.linear(_as(x, dt), _as(self.weight, dt), _as(self.bias, dt))
 
     def forward(self, x:torch.Tensor,      # (T, H) tokens, any float dtype
                 seq_len:int|None=None      # tokens per sequence (needed by the sequence-level loss)
@@ -187,25 +194,25 @@ class Router(nn.Module):
         logits = self.logits(x)
         if cfg.debug: _check_finite(logits)
         scores, probs = route_scores(logits, cfg.score)
-        choice = scores.detach() if self.e_bias is None else scores.detach() + self.e_bias
+        choice = scores if self.e_bias is None else scores.detach() + self.e_bias   # selection runs without autograd
         ids = select_experts(choice, k, cfg.n_group, cfg.topk_group, cfg.group_score)
         if cfg.debug: _check_ids(ids, E)
-        weights, counts, keep = gate_weights(scores, ids, cfg), expert_counts(ids, E), None
+        weights, counts, keep = gate_weights(scores, ids, cfg, logits), expert_counts(ids, E), None
         if cfg.capacity_factor is not None:
             keep = capacity_keep(ids, counts, capacity(x.shape[0], cfg))
-            weights = weights.masked_fill(~keep, 0.0)
+            weights = weights.where(keep, 0.0)
         if self.training and self.bias_counts is not None and not recomputing(): self.bias_counts += counts
-        losses = self._losses(logits, probs, ids, counts, seq_len)
-        aux = logits.new_zeros(())
+        losses, aux = self._losses(logits, probs, ids, counts, seq_len), None
         for name, coef in (('aux', cfg.aux_loss_coef), ('global_aux', cfg.global_aux_loss_coef), ('seq_aux', cfg.seq_aux_loss_coef), ('z', cfg.z_loss_coef)):
-            if name in losses: aux = aux + coef * losses[name]
-        return RouterOutput(ids, weights, counts, aux, losses, probs, keep)
+            if name in losses: aux = coef * losses[name] if aux is None else aux + coef * losses[name]
+        return RouterOutput(ids, weights, counts, logits.new_zeros(()) if aux is None else aux, losses, probs, keep)
 
     def _losses(self, logits, probs, ids, counts, seq_len)->dict:
         "The enabled losses, unweighted."
-        cfg, out = self.cfg, {}
-        if cfg.aux_loss_coef: out['aux'] = balance_loss(probs, counts, cfg.top_k)
-        if cfg.global_aux_loss_coef: out['global_aux'] = balance_loss(probs, self._global_counts(counts), cfg.top_k)
+        cfg, out, (T, k) = self.cfg, {}, ids.shape
+        if cfg.aux_loss_coef or cfg.global_aux_loss_coef: psum = probs.sum(0)   # P_e·T, shared by both balance losses
+        if cfg.aux_loss_coef: out['aux'] = _balance(psum, counts, k, T, total=T * k)  # dropless counts sum to T·k
+        if cfg.global_aux_loss_coef: out['global_aux'] = _balance(psum, self._global_counts(counts), k, T)
         if cfg.seq_aux_loss_coef:
             if seq_len is None: raise ValueError("seq_aux_loss_coef > 0 needs seq_len (tokens per sequence) in Router.forward")
             out['seq_aux'] = seq_aux_loss(probs, ids, seq_len)
@@ -239,6 +246,10 @@ class Router(nn.Module):
         "Most pairs an expert takes for `n_tokens` tokens (None: dropless)."
         return capacity(n_tokens, self.cfg)
 
+def _as(t, dt):
+    "`t` in dtype `dt`, without a `.to` call when it already is (or None)."
+    return t if t is None or t.dtype == dt else t.to(dt)
+
 def _check_finite(logits):
     "Debug check (host sync): every logit finite."
     bad = ~torch.isfinite(logits)
@@ -250,7 +261,7 @@ def _check_ids(ids, E):
     s = ids.sort(-1).values
     if (s[:, 1:] == s[:, :-1]).any(): raise IndexError("router picked the same expert twice for a token")
 
-# %% ../nbs/01_router.ipynb #b339936a
+# %% ../nbs/01_router.ipynb #8291d66e
 def load_stats(counts:torch.Tensor,            # (E,) pairs per expert (e.g. `RouterOutput.counts`)
                probs:torch.Tensor|None=None,   # (T, E) routing distribution, for the per-token entropy
                cap:int|None=None               # expert capacity, for the fraction dropped
