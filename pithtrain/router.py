@@ -6,7 +6,7 @@
 __all__ = ['RouterConfig', 'route_scores', 'select_experts', 'gate_weights', 'expert_counts', 'capacity', 'capacity_keep',
            'balance_loss', 'seq_aux_loss', 'z_loss', 'RouterOutput', 'recomputing', 'Router', 'load_stats']
 
-# %% ../nbs/01_router.ipynb #f6093842
+# %% ../nbs/01_router.ipynb #694c08bf
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from .core import Config, ConfigError, choice, check
 
-# %% ../nbs/01_router.ipynb #ba5fb41e
+# %% ../nbs/01_router.ipynb #9b3d8cbe
 _nonneg = lambda v: v >= 0
 
 @dataclass
@@ -53,7 +53,7 @@ class RouterConfig(Config):
         if k > self.topk_group * (E // G):
             raise ConfigError(f"{n}.top_k = {k} > topk_group·n_experts/n_group = {self.topk_group * (E // G)}: not enough experts in the chosen groups")
 
-# %% ../nbs/01_router.ipynb #b290fe82
+# %% ../nbs/01_router.ipynb #57555700
 def route_scores(logits:torch.Tensor, # (T, E) fp32 router logits
                  score:str            # 'softmax', 'sigmoid' or 'softmax_topk'
                 )->tuple[torch.Tensor, torch.Tensor]:
@@ -76,8 +76,8 @@ def select_experts(choice:torch.Tensor,  # (T, E) scores to rank (bias included)
         T, E = choice.shape
         g = choice.view(T, n_group, E // n_group)
         gs = g.amax(-1) if group_score == 'max' else g.topk(2, -1).values.sum(-1)
-        keep = torch.zeros_like(gs, dtype=torch.bool).scatter_(1, gs.topk(topk_group, -1).indices, True)
-        choice = choice.masked_fill(~keep[:, :, None].expand_as(g).reshape(T, E), float('-inf'))
+        drop = torch.ones_like(gs, dtype=torch.bool).scatter_(1, gs.topk(topk_group, -1).indices, False)
+        choice = g.masked_fill(drop[:, :, None], float('-inf')).view(T, E)   # the mask broadcasts over each group
     return choice.topk(k, -1).indices
 
 def gate_weights(scores:torch.Tensor,     # (T, E) from `route_scores` (the logits for softmax_topk)
@@ -92,7 +92,7 @@ def gate_weights(scores:torch.Tensor,     # (T, E) from `route_scores` (the logi
     elif cfg.norm_topk_prob: w = w / (w.sum(-1, keepdim=True) + 1e-20)
     return w if cfg.routed_scaling_factor == 1.0 else w * cfg.routed_scaling_factor
 
-# %% ../nbs/01_router.ipynb #9768d217
+# %% ../nbs/01_router.ipynb #08fd46da
 def expert_counts(ids:torch.Tensor, # (T, k) expert ids
                   n_experts:int     # E
                  )->torch.Tensor:
@@ -116,7 +116,7 @@ def capacity_keep(ids:torch.Tensor,    # (T, k) expert ids
     keep = torch.arange(flat.numel(), device=ids.device) - start[e] < cap
     return torch.empty_like(keep).scatter_(0, order, keep).view_as(ids)
 
-# %% ../nbs/01_router.ipynb #eede0a4b
+# %% ../nbs/01_router.ipynb #dc629b97
 def balance_loss(probs:torch.Tensor,  # (T, E) routing distribution
                  counts:torch.Tensor, # (E,) pairs per expert (this micro-batch, or the global batch)
                  k:int,               # experts per token
@@ -145,7 +145,7 @@ def z_loss(logits:torch.Tensor)->torch.Tensor:
     "Router z-loss: mean over tokens of `logsumexp(logits)²`."
     return torch.logsumexp(logits, -1).square().mean()
 
-# %% ../nbs/01_router.ipynb #2c42a626
+# %% ../nbs/01_router.ipynb #acd47cfe
 class RouterOutput(NamedTuple):
     "What a router returns for T tokens."
     ids: torch.Tensor            # (T, k) int64 chosen experts, best first
@@ -261,7 +261,7 @@ def _check_ids(ids, E):
     s = ids.sort(-1).values
     if (s[:, 1:] == s[:, :-1]).any(): raise IndexError("router picked the same expert twice for a token")
 
-# %% ../nbs/01_router.ipynb #8291d66e
+# %% ../nbs/01_router.ipynb #c4de31bb
 def load_stats(counts:torch.Tensor,            # (E,) pairs per expert (e.g. `RouterOutput.counts`)
                probs:torch.Tensor|None=None,   # (T, E) routing distribution, for the per-token entropy
                cap:int|None=None               # expert capacity, for the fraction dropped
