@@ -4,22 +4,22 @@
 
 # %% auto #0
 __all__ = ['DTYPES', 'use_triton_interpreter', 'get_device', 'get_dtype', 'seed_everything', 'rel_err', 'ConfigError', 'choice',
-           'check', 'Config']
+           'check', 'positive', 'Config']
 
-# %% ../nbs/00_core.ipynb #d3ecbbfe
+# %% ../nbs/00_core.ipynb #7a817e05
 import os, random, typing, dataclasses
 from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-# %% ../nbs/00_core.ipynb #6afff1c9
+# %% ../nbs/00_core.ipynb #37a261c7
 def use_triton_interpreter(force:bool=False # set it even when CUDA is present (debugging)
                           )->bool:
     "Set `TRITON_INTERPRET=1` when there is no CUDA device (or `force`); return whether it is on."
     if force or not torch.cuda.is_available(): os.environ['TRITON_INTERPRET'] = '1'
     return os.environ.get('TRITON_INTERPRET') == '1'
 
-# %% ../nbs/00_core.ipynb #6b9d9c22
+# %% ../nbs/00_core.ipynb #015bf66f
 DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
           'float16': torch.float16, 'fp16': torch.float16, 'float64': torch.float64}
 
@@ -40,14 +40,14 @@ def get_dtype(dtype:str|torch.dtype|None=None, # a name from `DTYPES`, a torch d
     if dtype not in DTYPES: raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[dtype]
 
-# %% ../nbs/00_core.ipynb #35676409
+# %% ../nbs/00_core.ipynb #a6ab1b53
 def seed_everything(seed:int # the one seed for python, numpy and torch
                    )->int:
     "Seed `random`, `numpy` and `torch` (CPU and every CUDA device); return the seed."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return seed
 
-# %% ../nbs/00_core.ipynb #efe1bc40
+# %% ../nbs/00_core.ipynb #b9c9ccb6
 def rel_err(out:torch.Tensor, ref:torch.Tensor)->float:
     "‖out − ref‖ / ‖ref‖ in float64 (0 when both are zero); NaN anywhere gives NaN."
     out, ref = out.detach().double(), ref.detach().double()
@@ -55,7 +55,7 @@ def rel_err(out:torch.Tensor, ref:torch.Tensor)->float:
     num, den = (out - ref).norm().item(), ref.norm().item()
     return num / den if den > 0 else num
 
-# %% ../nbs/00_core.ipynb #2e331b42
+# %% ../nbs/00_core.ipynb #243fd830
 class ConfigError(ValueError):
     "A config field holds a bad value; the message names the field and what is allowed."
 
@@ -66,6 +66,10 @@ def choice(default, *allowed):
 def check(default, pred, why:str):
     "A dataclass field whose value must satisfy `pred`; `why` says what is allowed (e.g. 'must be > 0')."
     return field(default=default, metadata={'check': pred, 'why': why})
+
+def positive(v)->bool:
+    "Whether `v > 0`: the `check` predicate of sizes, counts and rates ('must be > 0')."
+    return v > 0
 
 def _type_ok(v, t)->bool:
     "Whether `v` fits the annotation `t` (plain types, Optional/Union, tuple/list/dict; others pass)."
@@ -78,7 +82,7 @@ def _type_ok(v, t)->bool:
     if t is int: return isinstance(v, int) and not isinstance(v, bool)
     return isinstance(v, t) if isinstance(t, type) else True
 
-# %% ../nbs/00_core.ipynb #902efa85
+# %% ../nbs/00_core.ipynb #880a6fdd
 @dataclass
 class Config:
     "Base for configs: validates every field when built or replaced, round-trips through dicts."

@@ -5,57 +5,54 @@
 # %% auto #0
 __all__ = ['PRESETS', 'DeepseekV2Config', 'DeepseekV2Block', 'DeepseekV2', 'from_hf_config', 'to_hf_config', 'hf_key_map']
 
-# %% ../nbs/12_deepseek_v2.ipynb #3036050a
+# %% ../nbs/12_deepseek_v2.ipynb #2db09e80
 from dataclasses import dataclass
 import torch
-import torch.nn as nn
-from .core import Config, ConfigError, check, choice
-from .layers import RMSNorm, MLAttention, SwiGLUMLP, rope_cache, check_rope_scaling
+from .core import ConfigError, check, choice, positive
+from .layers import RMSNorm, MLAttention, SwiGLUMLP, rope_cache
 from .router import RouterConfig
-from .moe import MoE, MoEBlock, CausalLM, param_counts
+from .moe import MoEModelConfig, MoE, MoEBlock, CausalLM
 from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, check_architecture
 
-# %% ../nbs/12_deepseek_v2.ipynb #9c33f446
-def _pos(v): return v > 0
-
+# %% ../nbs/12_deepseek_v2.ipynb #3b1b65fe
 @dataclass
-class DeepseekV2Config(Config):
+class DeepseekV2Config(MoEModelConfig):
     "A DeepSeek-V2 model (field names as in transformers' `DeepseekV2Config`; defaults: DeepSeek-V2-Lite)."
-    vocab_size:int = check(102400, _pos, 'must be > 0')
-    hidden_size:int = check(2048, _pos, 'must be > 0')
-    intermediate_size:int = check(10944, _pos, 'must be > 0')       # the dense layers' MLP
-    moe_intermediate_size:int = check(1408, _pos, 'must be > 0')    # per routed (and per shared) expert
-    num_hidden_layers:int = check(27, _pos, 'must be > 0')
-    num_attention_heads:int = check(16, _pos, 'must be > 0')
+    vocab_size:int = check(102400, positive, 'must be > 0')
+    hidden_size:int = check(2048, positive, 'must be > 0')
+    intermediate_size:int = check(10944, positive, 'must be > 0')    # the dense layers' MLP
+    moe_intermediate_size:int = check(1408, positive, 'must be > 0') # per routed (and per shared) expert
+    num_hidden_layers:int = check(27, positive, 'must be > 0')
+    num_attention_heads:int = check(16, positive, 'must be > 0')
     q_lora_rank:int|None = None                                     # None: plain q_proj (V2-Lite); V2: 1536
-    kv_lora_rank:int = check(512, _pos, 'must be > 0')
+    kv_lora_rank:int = check(512, positive, 'must be > 0')
     qk_nope_head_dim:int = check(128, lambda v: v >= 0, 'must be >= 0')
     qk_rope_head_dim:int = check(64, lambda v: v > 0 and v % 2 == 0, 'must be even and > 0')
-    v_head_dim:int = check(128, _pos, 'must be > 0')
-    n_routed_experts:int = check(64, _pos, 'must be > 0')
+    v_head_dim:int = check(128, positive, 'must be > 0')
+    n_routed_experts:int = check(64, positive, 'must be > 0')
     n_shared_experts:int = check(2, lambda v: v >= 0, 'must be >= 0')
-    num_experts_per_tok:int = check(6, _pos, 'must be > 0')
+    num_experts_per_tok:int = check(6, positive, 'must be > 0')
     first_k_dense_replace:int = check(1, lambda v: v >= 0, 'must be >= 0')   # layers [0, k) are dense
     topk_method:str = choice('greedy', 'group_limited_greedy')
     n_group:int|None = 1                                            # expert groups (group_limited_greedy)
     topk_group:int|None = 1                                         # groups kept per token
-    routed_scaling_factor:float = check(1.0, _pos, 'must be > 0')
+    routed_scaling_factor:float = check(1.0, positive, 'must be > 0')
     norm_topk_prob:bool = False
     aux_loss_alpha:float = check(0.001, lambda v: v >= 0, 'must be >= 0')    # sequence-level balance loss
-    rms_norm_eps:float = check(1e-6, _pos, 'must be > 0')
-    rope_theta:float = check(10000.0, _pos, 'must be > 0')
+    rms_norm_eps:float = check(1e-6, positive, 'must be > 0')
+    rope_theta:float = check(10000.0, positive, 'must be > 0')
     rope_scaling:dict|None = None                                   # None or a yarn dict (`layers.rope_cache`)
-    max_position_embeddings:int = check(163840, _pos, 'must be > 0')
+    max_position_embeddings:int = check(163840, positive, 'must be > 0')
     attention_bias:bool = False
     tie_word_embeddings:bool = False
-    initializer_range:float = check(0.02, _pos, 'must be > 0')
+    initializer_range:float = check(0.02, positive, 'must be > 0')
     moe_mode:str = choice('fast', 'reference')
     router_options:dict|None = None                                 # extra RouterConfig fields
+    experts_field = 'n_routed_experts'   # its expert count's name, for `MoEModelConfig`'s messages
 
     def validate(self):
-        super().validate()
+        super().validate()   # the fields, then the checks of `MoEModelConfig`
         n, E, k = type(self).__name__, self.n_routed_experts, self.num_experts_per_tok
-        if k > E: raise ConfigError(f"{n}.num_experts_per_tok = {k} exceeds n_routed_experts = {E}")
         if self.first_k_dense_replace > self.num_hidden_layers:
             raise ConfigError(f"{n}.first_k_dense_replace = {self.first_k_dense_replace} exceeds num_hidden_layers = {self.num_hidden_layers}")
         if self.q_lora_rank is not None and self.q_lora_rank <= 0: raise ConfigError(f"{n}.q_lora_rank = {self.q_lora_rank}: must be None or > 0")
@@ -65,10 +62,6 @@ class DeepseekV2Config(Config):
             if E % g: raise ConfigError(f"{n}.n_group = {g} must divide n_routed_experts = {E}")
             if not 0 < tg <= g: raise ConfigError(f"{n}.topk_group = {tg} must be in [1, n_group = {g}]")
             if tg * (E // g) < k: raise ConfigError(f"{n}.topk_group = {tg} groups of {E // g} experts hold fewer than num_experts_per_tok = {k}")
-        try: check_rope_scaling(self.rope_scaling)
-        except ValueError as e: raise ConfigError(f"{n}.rope_scaling: {e}") from None
-        clash = [k for k in (self.router_options or {}) if k in ('n_experts', 'top_k')]
-        if clash: raise ConfigError(f"{n}.router_options sets {clash}; use n_routed_experts / num_experts_per_tok")
 
     def is_moe(self, i:int)->bool:
         "Whether layer `i` is a MoE layer (the first `first_k_dense_replace` are dense)."
@@ -84,15 +77,9 @@ class DeepseekV2Config(Config):
                     norm_topk_prob=self.norm_topk_prob, routed_scaling_factor=self.routed_scaling_factor,
                     group_score='max', n_group=self.n_group if group else 1,
                     topk_group=self.topk_group if group else 1, seq_aux_loss_coef=self.aux_loss_alpha)
-        return RouterConfig(**{**base, **(self.router_options or {})})
+        return self.router_config_with(**base)
 
-    @classmethod
-    def preset(cls, name:str, **overrides):
-        "A named preset (see `PRESETS`), with fields overridden by keyword."
-        if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
-
-# %% ../nbs/12_deepseek_v2.ipynb #4dc6a43e
+# %% ../nbs/12_deepseek_v2.ipynb #41e95966
 class DeepseekV2Block(MoEBlock):
     "Pre-norm multi-head latent attention, then pre-norm MoE with shared experts (or a dense SwiGLU MLP)."
     def __init__(self, c:DeepseekV2Config, i:int):
@@ -106,7 +93,7 @@ class DeepseekV2Block(MoEBlock):
         self.mlp = MoE(H, c.moe_intermediate_size, c.router_config(), shared_intermediate=c.n_shared_experts * c.moe_intermediate_size,
                        mode=c.moe_mode) if c.is_moe(i) else SwiGLUMLP(H, c.intermediate_size)
 
-# %% ../nbs/12_deepseek_v2.ipynb #393022dd
+# %% ../nbs/12_deepseek_v2.ipynb #4f7abcf3
 class DeepseekV2(CausalLM):
     "DeepSeek-V2 causal LM: `model(input_ids, labels=None) -> ModelOutput`."
     block = DeepseekV2Block
@@ -118,7 +105,7 @@ class DeepseekV2(CausalLM):
 
     def score_width(self, i:int)->int: return self.cfg.num_attention_heads * (self.cfg.qk_head_dim + self.cfg.v_head_dim)
 
-# %% ../nbs/12_deepseek_v2.ipynb #7eff9755
+# %% ../nbs/12_deepseek_v2.ipynb #f2d18a57
 PRESETS = {
     'tiny': dict(vocab_size=257, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
                  num_attention_heads=4, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
@@ -129,8 +116,9 @@ PRESETS = {
     'deepseek-v2-lite': dict(rope_scaling=dict(rope_type='yarn', factor=40.0, original_max_position_embeddings=4096, beta_fast=32,
                                                beta_slow=1, mscale=0.707, mscale_all_dim=0.707)),
 }
+DeepseekV2Config.PRESETS = PRESETS   # what `DeepseekV2Config.preset` reads
 
-# %% ../nbs/12_deepseek_v2.ipynb #7ba47deb
+# %% ../nbs/12_deepseek_v2.ipynb #3a65992a
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', 'auto_map', '_name_or_path', 'pretraining_tp', 'ep_size', 'head_dim', 'qk_head_dim',
             'seq_aux', 'rope_parameters', 'hidden_act', 'attention_dropout', 'mlp_bias', 'scoring_func', 'moe_layer_freq',

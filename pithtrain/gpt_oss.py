@@ -6,64 +6,56 @@
 __all__ = ['LAYER_TYPES', 'YARN_20B', 'PRESETS', 'FP4_VALUES', 'GptOssConfig', 'GptOssBlock', 'GptOss', 'from_hf_config',
            'to_hf_config', 'mxfp4_dequantize', 'hf_key_map']
 
-# %% ../nbs/13_gpt_oss.ipynb #7b04891c
+# %% ../nbs/13_gpt_oss.ipynb #abca527a
 from dataclasses import dataclass
 import torch
-import torch.nn as nn
-from .core import Config, ConfigError, check, choice
-from .layers import RMSNorm, Attention, check_rope_scaling
+from .core import ConfigError, check, choice, positive
+from .layers import RMSNorm, Attention
 from .router import RouterConfig
-from .moe import MoE, MoEBlock, CausalLM, param_counts
+from .moe import MoEModelConfig, MoE, MoEBlock, CausalLM
 from .checkpoint_hf import KeyMap, Rule, same, check_architecture
 
-# %% ../nbs/13_gpt_oss.ipynb #78b7da3a
+# %% ../nbs/13_gpt_oss.ipynb #f6507314
 LAYER_TYPES = ('sliding_attention', 'full_attention')
 YARN_20B = dict(rope_type='yarn', factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False, original_max_position_embeddings=4096)
 
-def _pos(v): return v > 0
-
 @dataclass
-class GptOssConfig(Config):
+class GptOssConfig(MoEModelConfig):
     "A GPT-OSS model (field names as in transformers' `GptOssConfig`; defaults: GPT-OSS-20B)."
-    vocab_size:int = check(201088, _pos, 'must be > 0')
-    hidden_size:int = check(2880, _pos, 'must be > 0')
-    intermediate_size:int = check(2880, _pos, 'must be > 0')       # per expert
-    num_hidden_layers:int = check(24, _pos, 'must be > 0')
-    num_attention_heads:int = check(64, _pos, 'must be > 0')
-    num_key_value_heads:int = check(8, _pos, 'must be > 0')
+    vocab_size:int = check(201088, positive, 'must be > 0')
+    hidden_size:int = check(2880, positive, 'must be > 0')
+    intermediate_size:int = check(2880, positive, 'must be > 0')    # per expert
+    num_hidden_layers:int = check(24, positive, 'must be > 0')
+    num_attention_heads:int = check(64, positive, 'must be > 0')
+    num_key_value_heads:int = check(8, positive, 'must be > 0')
     head_dim:int = check(64, lambda v: v > 0 and v % 2 == 0, 'must be even and > 0')
-    num_local_experts:int = check(32, _pos, 'must be > 0')
-    num_experts_per_tok:int = check(4, _pos, 'must be > 0')
-    sliding_window:int = check(128, _pos, 'must be > 0')
+    num_local_experts:int = check(32, positive, 'must be > 0')
+    num_experts_per_tok:int = check(4, positive, 'must be > 0')
+    sliding_window:int = check(128, positive, 'must be > 0')
     layer_types:tuple|list|None = None                             # per layer 'sliding_attention' | 'full_attention'
-    swiglu_limit:float = check(7.0, _pos, 'must be > 0')
-    rms_norm_eps:float = check(1e-5, _pos, 'must be > 0')
-    rope_theta:float = check(150000.0, _pos, 'must be > 0')
+    swiglu_limit:float = check(7.0, positive, 'must be > 0')
+    rms_norm_eps:float = check(1e-5, positive, 'must be > 0')
+    rope_theta:float = check(150000.0, positive, 'must be > 0')
     rope_scaling:dict|None = None                                  # None or a yarn dict; GPT-OSS: YARN_20B
-    max_position_embeddings:int = check(131072, _pos, 'must be > 0')
+    max_position_embeddings:int = check(131072, positive, 'must be > 0')
     attention_bias:bool = True
     tie_word_embeddings:bool = False
     router_aux_loss_coef:float = check(0.9, lambda v: v >= 0, 'must be >= 0')   # as published for GPT-OSS-20B
-    initializer_range:float = check(0.02, _pos, 'must be > 0')
+    initializer_range:float = check(0.02, positive, 'must be > 0')
     moe_mode:str = choice('fast', 'reference')
     router_options:dict|None = None                                # extra RouterConfig fields
+    experts_field = 'num_local_experts'   # its expert count's name, for `MoEModelConfig`'s messages
 
     def validate(self):
-        super().validate()
+        super().validate()   # the fields, then the checks of `MoEModelConfig`
         n = type(self).__name__
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"{n}.num_attention_heads = {self.num_attention_heads} must be a multiple of num_key_value_heads = {self.num_key_value_heads}")
-        if self.num_experts_per_tok > self.num_local_experts:
-            raise ConfigError(f"{n}.num_experts_per_tok = {self.num_experts_per_tok} exceeds num_local_experts = {self.num_local_experts}")
         if self.layer_types is not None:
             if len(self.layer_types) != self.num_hidden_layers:
                 raise ConfigError(f"{n}.layer_types has {len(self.layer_types)} entries; expected num_hidden_layers = {self.num_hidden_layers}")
             bad = sorted({t for t in self.layer_types if t not in LAYER_TYPES})
             if bad: raise ConfigError(f"{n}.layer_types holds {bad}; allowed: {list(LAYER_TYPES)}")
-        try: check_rope_scaling(self.rope_scaling)
-        except ValueError as e: raise ConfigError(f"{n}.rope_scaling: {e}") from None
-        clash = [k for k in (self.router_options or {}) if k in ('n_experts', 'top_k')]
-        if clash: raise ConfigError(f"{n}.router_options sets {clash}; use num_local_experts / num_experts_per_tok")
 
     def window(self, i:int)->int|None:
         "The sliding window of layer `i` (None: full causal attention)."
@@ -74,15 +66,9 @@ class GptOssConfig(Config):
         "Every layer's router: biased logits, top-k on the logits, softmax over the k, Switch aux loss."
         base = dict(n_experts=self.num_local_experts, top_k=self.num_experts_per_tok, score='softmax_topk', bias=True,
                     aux_loss_coef=self.router_aux_loss_coef)
-        return RouterConfig(**{**base, **(self.router_options or {})})
+        return self.router_config_with(**base)
 
-    @classmethod
-    def preset(cls, name:str, **overrides):
-        "A named preset (see `PRESETS`), with fields overridden by keyword."
-        if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
-
-# %% ../nbs/13_gpt_oss.ipynb #d7d199da
+# %% ../nbs/13_gpt_oss.ipynb #e6bda0ab
 class GptOssBlock(MoEBlock):
     "Pre-norm GQA attention with sinks (sliding or full), then pre-norm MoE with biased clamped-SwiGLU experts."
     def __init__(self, c:GptOssConfig, i:int):
@@ -95,7 +81,7 @@ class GptOssBlock(MoEBlock):
         self.mlp = MoE(H, c.intermediate_size, c.router_config(), bias=True, act='swiglu_oai', alpha=1.702,
                        limit=c.swiglu_limit, interleaved=True, mode=c.moe_mode)
 
-# %% ../nbs/13_gpt_oss.ipynb #57759859
+# %% ../nbs/13_gpt_oss.ipynb #afa55e49
 class GptOss(CausalLM):
     "GPT-OSS causal LM: `model(input_ids, labels=None) -> ModelOutput`."
     block = GptOssBlock
@@ -106,7 +92,7 @@ class GptOss(CausalLM):
         "The key map for a bf16/fp32 checkpoint, or for MXFP4 experts as published."
         return hf_key_map(self.cfg, mxfp4=bool(hf_config.get('quantization_config')))
 
-# %% ../nbs/13_gpt_oss.ipynb #35ed444b
+# %% ../nbs/13_gpt_oss.ipynb #5b7a2dc4
 PRESETS = {
     'tiny': dict(vocab_size=257, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, num_local_experts=8, num_experts_per_tok=2, sliding_window=16,
@@ -114,8 +100,9 @@ PRESETS = {
                  rope_scaling=dict(YARN_20B, factor=4.0, original_max_position_embeddings=512)),
     'gpt-oss-20b': dict(rope_scaling=dict(YARN_20B)),
 }
+GptOssConfig.PRESETS = PRESETS   # what `GptOssConfig.preset` reads
 
-# %% ../nbs/13_gpt_oss.ipynb #e9e74652
+# %% ../nbs/13_gpt_oss.ipynb #ec8c149b
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', '_name_or_path', 'output_router_logits', 'initial_context_length', 'hidden_act',
             'attention_dropout', 'rope_parameters', 'experts_per_token', 'num_experts'}

@@ -5,40 +5,36 @@
 # %% auto #0
 __all__ = ['PRESETS', 'OLMoEConfig', 'OLMoEBlock', 'OLMoE', 'from_hf_config', 'to_hf_config', 'hf_key_map']
 
-# %% ../nbs/11_olmoe.ipynb #0c9e005d
+# %% ../nbs/11_olmoe.ipynb #980413f2
 from dataclasses import dataclass
-import torch
-import torch.nn as nn
-from .core import Config, ConfigError, check, choice
-from .layers import RMSNorm, Attention, check_rope_scaling
+from .core import ConfigError, check, choice, positive
+from .layers import RMSNorm, Attention
 from .router import RouterConfig
-from .moe import MoE, MoEBlock, CausalLM, param_counts
+from .moe import MoEModelConfig, MoE, MoEBlock, CausalLM
 from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, check_architecture
 
-# %% ../nbs/11_olmoe.ipynb #34f68851
-def _pos(v): return v > 0
-
+# %% ../nbs/11_olmoe.ipynb #b9be94fc
 @dataclass
-class OLMoEConfig(Config):
+class OLMoEConfig(MoEModelConfig):
     "An OLMoE model (field names as in transformers' `OlmoeConfig`; defaults: OLMoE-1B-7B)."
-    vocab_size:int = check(50304, _pos, 'must be > 0')
-    hidden_size:int = check(2048, _pos, 'must be > 0')
-    intermediate_size:int = check(1024, _pos, 'must be > 0')        # per expert
-    num_hidden_layers:int = check(16, _pos, 'must be > 0')
-    num_attention_heads:int = check(16, _pos, 'must be > 0')
-    num_key_value_heads:int = check(16, _pos, 'must be > 0')
-    num_experts:int = check(64, _pos, 'must be > 0')
-    num_experts_per_tok:int = check(8, _pos, 'must be > 0')
+    vocab_size:int = check(50304, positive, 'must be > 0')
+    hidden_size:int = check(2048, positive, 'must be > 0')
+    intermediate_size:int = check(1024, positive, 'must be > 0')     # per expert
+    num_hidden_layers:int = check(16, positive, 'must be > 0')
+    num_attention_heads:int = check(16, positive, 'must be > 0')
+    num_key_value_heads:int = check(16, positive, 'must be > 0')
+    num_experts:int = check(64, positive, 'must be > 0')
+    num_experts_per_tok:int = check(8, positive, 'must be > 0')
     norm_topk_prob:bool = False                                     # OLMoE keeps the softmax weights as they are
-    rms_norm_eps:float = check(1e-5, _pos, 'must be > 0')
-    rope_theta:float = check(10000.0, _pos, 'must be > 0')
+    rms_norm_eps:float = check(1e-5, positive, 'must be > 0')
+    rope_theta:float = check(10000.0, positive, 'must be > 0')
     rope_scaling:dict|None = None                                   # None or a yarn dict (see `rope_cache`)
-    max_position_embeddings:int = check(4096, _pos, 'must be > 0')
+    max_position_embeddings:int = check(4096, positive, 'must be > 0')
     attention_bias:bool = False
     clip_qkv:float|None = None                                      # clamp q, k, v to ±clip_qkv
     tie_word_embeddings:bool = False
     router_aux_loss_coef:float = check(0.01, lambda v: v >= 0, 'must be >= 0')
-    initializer_range:float = check(0.02, _pos, 'must be > 0')      # std of the init (output projections / sqrt(2L))
+    initializer_range:float = check(0.02, positive, 'must be > 0')   # std of the init (output projections / sqrt(2L))
     moe_mode:str = choice('fast', 'reference')
     router_options:dict|None = None                                 # extra RouterConfig fields
 
@@ -46,33 +42,20 @@ class OLMoEConfig(Config):
     def head_dim(self)->int: return self.hidden_size // self.num_attention_heads
 
     def validate(self):
-        super().validate()
+        super().validate()   # the fields, then the checks of `MoEModelConfig`
         n = type(self).__name__
         if self.hidden_size % self.num_attention_heads or self.head_dim % 2:
             raise ConfigError(f"{n}.hidden_size = {self.hidden_size} must split into num_attention_heads = {self.num_attention_heads} heads of even size")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"{n}.num_attention_heads = {self.num_attention_heads} must be a multiple of num_key_value_heads = {self.num_key_value_heads}")
-        if self.num_experts_per_tok > self.num_experts:
-            raise ConfigError(f"{n}.num_experts_per_tok = {self.num_experts_per_tok} exceeds num_experts = {self.num_experts}")
         if self.clip_qkv is not None and self.clip_qkv <= 0: raise ConfigError(f"{n}.clip_qkv = {self.clip_qkv} must be > 0 or None")
-        try: check_rope_scaling(self.rope_scaling)
-        except ValueError as e: raise ConfigError(f"{n}.rope_scaling: {e}") from None
-        clash = [k for k in (self.router_options or {}) if k in ('n_experts', 'top_k')]
-        if clash: raise ConfigError(f"{n}.router_options sets {clash}; use num_experts / num_experts_per_tok")
 
     def router_config(self)->RouterConfig:
         "The `RouterConfig` of every layer: softmax, top-k, no renorm by default, Switch aux loss (+ `router_options`)."
-        return RouterConfig(**{**dict(n_experts=self.num_experts, top_k=self.num_experts_per_tok, score='softmax',
-                                      norm_topk_prob=self.norm_topk_prob, aux_loss_coef=self.router_aux_loss_coef),
-                               **(self.router_options or {})})
+        return self.router_config_with(n_experts=self.num_experts, top_k=self.num_experts_per_tok, score='softmax',
+                                       norm_topk_prob=self.norm_topk_prob, aux_loss_coef=self.router_aux_loss_coef)
 
-    @classmethod
-    def preset(cls, name:str, **overrides):
-        "A named preset (see `PRESETS`), with fields overridden by keyword."
-        if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
-
-# %% ../nbs/11_olmoe.ipynb #16019462
+# %% ../nbs/11_olmoe.ipynb #c81a5c2d
 class OLMoEBlock(MoEBlock):
     "Pre-norm GQA attention (q/k norm over the full projection, optional qkv clamp, RoPE) then pre-norm MoE."
     def __init__(self, c:OLMoEConfig, i:int=0): # `i`: the layer (every one is alike)
@@ -87,14 +70,15 @@ class OLMoE(CausalLM):
     "OLMoE causal LM: `model(input_ids, labels=None) -> ModelOutput`."
     block = OLMoEBlock
 
-# %% ../nbs/11_olmoe.ipynb #9eea0955
+# %% ../nbs/11_olmoe.ipynb #52178f51
 PRESETS = {
     'tiny': dict(vocab_size=257, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, max_position_embeddings=2048),
     'olmoe-1b-7b': {},   # the defaults: OLMoE-1B-7B as published
 }
+OLMoEConfig.PRESETS = PRESETS   # what `OLMoEConfig.preset` reads
 
-# %% ../nbs/11_olmoe.ipynb #7b0c34b9
+# %% ../nbs/11_olmoe.ipynb #7691828f
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', 'output_router_logits', 'attention_dropout', 'hidden_act', 'num_local_experts',
             'rope_parameters', '_name_or_path'}

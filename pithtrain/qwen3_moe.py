@@ -5,60 +5,50 @@
 # %% auto #0
 __all__ = ['PRESETS', 'Qwen3MoEConfig', 'Qwen3MoEBlock', 'Qwen3MoE', 'from_hf_config', 'to_hf_config', 'hf_key_map']
 
-# %% ../nbs/10_qwen3_moe.ipynb #5dd42a29
+# %% ../nbs/10_qwen3_moe.ipynb #acff39df
 from dataclasses import dataclass
-import torch
-import torch.nn as nn
-from .core import Config, ConfigError, check, choice
-from .layers import RMSNorm, Attention, SwiGLUMLP, check_rope_scaling
+from .core import ConfigError, check, choice, positive
+from .layers import RMSNorm, Attention, SwiGLUMLP
 from .router import RouterConfig
-from .moe import MoE, MoEBlock, CausalLM, param_counts
+from .moe import MoEModelConfig, MoE, MoEBlock, CausalLM
 from .checkpoint_hf import KeyMap, same, expert_w1, expert_w2, check_architecture
 
-# %% ../nbs/10_qwen3_moe.ipynb #11e716ea
-def _pos(v): return v > 0
-
+# %% ../nbs/10_qwen3_moe.ipynb #8ab818b0
 @dataclass
-class Qwen3MoEConfig(Config):
+class Qwen3MoEConfig(MoEModelConfig):
     "A Qwen3-MoE model (field names as in transformers' `Qwen3MoeConfig`; defaults: Qwen3-30B-A3B)."
-    vocab_size:int = check(151936, _pos, 'must be > 0')
-    hidden_size:int = check(2048, _pos, 'must be > 0')
-    intermediate_size:int = check(6144, _pos, 'must be > 0')        # dense (mlp_only) layers
-    moe_intermediate_size:int = check(768, _pos, 'must be > 0')     # per expert
-    num_hidden_layers:int = check(48, _pos, 'must be > 0')
-    num_attention_heads:int = check(32, _pos, 'must be > 0')
-    num_key_value_heads:int = check(4, _pos, 'must be > 0')
+    vocab_size:int = check(151936, positive, 'must be > 0')
+    hidden_size:int = check(2048, positive, 'must be > 0')
+    intermediate_size:int = check(6144, positive, 'must be > 0')     # dense (mlp_only) layers
+    moe_intermediate_size:int = check(768, positive, 'must be > 0')  # per expert
+    num_hidden_layers:int = check(48, positive, 'must be > 0')
+    num_attention_heads:int = check(32, positive, 'must be > 0')
+    num_key_value_heads:int = check(4, positive, 'must be > 0')
     head_dim:int = check(128, lambda v: v > 0 and v % 2 == 0, 'must be even and > 0')
-    num_experts:int = check(128, _pos, 'must be > 0')
-    num_experts_per_tok:int = check(8, _pos, 'must be > 0')
+    num_experts:int = check(128, positive, 'must be > 0')
+    num_experts_per_tok:int = check(8, positive, 'must be > 0')
     norm_topk_prob:bool = True                                      # renormalise the top-k weights
-    decoder_sparse_step:int = check(1, _pos, 'must be > 0')         # every n-th layer is MoE
+    decoder_sparse_step:int = check(1, positive, 'must be > 0')      # every n-th layer is MoE
     mlp_only_layers:tuple|list = ()                                    # layer indices that are dense
-    rms_norm_eps:float = check(1e-6, _pos, 'must be > 0')
-    rope_theta:float = check(1e6, _pos, 'must be > 0')
+    rms_norm_eps:float = check(1e-6, positive, 'must be > 0')
+    rope_theta:float = check(1e6, positive, 'must be > 0')
     rope_scaling:dict|None = None                                   # None or a yarn dict (see `rope_cache`)
-    max_position_embeddings:int = check(40960, _pos, 'must be > 0')
+    max_position_embeddings:int = check(40960, positive, 'must be > 0')
     attention_bias:bool = False
     sliding_window:int|None = None                                  # None: full causal attention
     tie_word_embeddings:bool = False
     router_aux_loss_coef:float = check(0.001, lambda v: v >= 0, 'must be >= 0')
-    initializer_range:float = check(0.02, _pos, 'must be > 0')      # std of the init (output projections / sqrt(2L))
+    initializer_range:float = check(0.02, positive, 'must be > 0')   # std of the init (output projections / sqrt(2L))
     moe_mode:str = choice('fast', 'reference')
     router_options:dict|None = None                                 # extra RouterConfig fields
 
     def validate(self):
-        super().validate()
+        super().validate()   # the fields, then the checks of `MoEModelConfig`
         n = type(self).__name__
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"{n}.num_attention_heads = {self.num_attention_heads} must be a multiple of num_key_value_heads = {self.num_key_value_heads}")
-        if self.num_experts_per_tok > self.num_experts:
-            raise ConfigError(f"{n}.num_experts_per_tok = {self.num_experts_per_tok} exceeds num_experts = {self.num_experts}")
         bad = [i for i in self.mlp_only_layers if not (isinstance(i, int) and 0 <= i < self.num_hidden_layers)]
         if bad: raise ConfigError(f"{n}.mlp_only_layers = {self.mlp_only_layers}: {bad} not layer indices in [0, {self.num_hidden_layers})")
-        try: check_rope_scaling(self.rope_scaling)
-        except ValueError as e: raise ConfigError(f"{n}.rope_scaling: {e}") from None
-        clash = [k for k in (self.router_options or {}) if k in ('n_experts', 'top_k')]
-        if clash: raise ConfigError(f"{n}.router_options sets {clash}; use num_experts / num_experts_per_tok")
 
     def is_moe(self, i:int)->bool:
         "Whether layer `i` is a MoE layer (else a dense SwiGLU MLP), as transformers decides it."
@@ -66,17 +56,10 @@ class Qwen3MoEConfig(Config):
 
     def router_config(self)->RouterConfig:
         "The `RouterConfig` of every MoE layer: softmax, top-k, optional renorm, Switch aux loss (+ `router_options`)."
-        return RouterConfig(**{**dict(n_experts=self.num_experts, top_k=self.num_experts_per_tok, score='softmax',
-                                      norm_topk_prob=self.norm_topk_prob, aux_loss_coef=self.router_aux_loss_coef),
-                               **(self.router_options or {})})
+        return self.router_config_with(n_experts=self.num_experts, top_k=self.num_experts_per_tok, score='softmax',
+                                       norm_topk_prob=self.norm_topk_prob, aux_loss_coef=self.router_aux_loss_coef)
 
-    @classmethod
-    def preset(cls, name:str, **overrides):
-        "A named preset (see `PRESETS`), with fields overridden by keyword."
-        if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
-
-# %% ../nbs/10_qwen3_moe.ipynb #12128400
+# %% ../nbs/10_qwen3_moe.ipynb #b6011c8a
 class Qwen3MoEBlock(MoEBlock):
     "Pre-norm GQA attention (per-head q/k norm, RoPE) then pre-norm MoE or dense SwiGLU MLP."
     def __init__(self, c:Qwen3MoEConfig, i:int):
@@ -88,12 +71,12 @@ class Qwen3MoEBlock(MoEBlock):
         self.mlp = MoE(c.hidden_size, c.moe_intermediate_size, c.router_config(), mode=c.moe_mode) if c.is_moe(i) \
                    else SwiGLUMLP(c.hidden_size, c.intermediate_size)
 
-# %% ../nbs/10_qwen3_moe.ipynb #836ac323
+# %% ../nbs/10_qwen3_moe.ipynb #81c28af5
 class Qwen3MoE(CausalLM):
     "Qwen3-MoE causal LM: `model(input_ids, labels=None) -> ModelOutput`."
     block = Qwen3MoEBlock
 
-# %% ../nbs/10_qwen3_moe.ipynb #3e881cb3
+# %% ../nbs/10_qwen3_moe.ipynb #d1dcff4d
 _BENCH = dict(intermediate_size=2816, norm_topk_prob=True, max_position_embeddings=4096, rope_theta=10000.0,
               rms_norm_eps=1e-6, tie_word_embeddings=False, router_aux_loss_coef=0.001)
 PRESETS = {
@@ -106,8 +89,9 @@ PRESETS = {
                              num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8),
     'qwen3-30b-a3b': {},   # the defaults: Qwen3-30B-A3B as published
 }
+Qwen3MoEConfig.PRESETS = PRESETS   # what `Qwen3MoEConfig.preset` reads
 
-# %% ../nbs/10_qwen3_moe.ipynb #af6f1b1e
+# %% ../nbs/10_qwen3_moe.ipynb #9eb0748f
 _HF_SKIP = {'architectures', 'model_type', 'torch_dtype', 'dtype', 'transformers_version', 'use_cache', 'bos_token_id',
             'eos_token_id', 'pad_token_id', 'output_router_logits', 'max_window_layers', 'use_sliding_window',
             'attention_dropout', 'hidden_act', 'num_local_experts', 'rope_parameters', '_name_or_path'}
