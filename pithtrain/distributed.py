@@ -9,7 +9,7 @@ __all__ = ['EXPERT_PARAMS', 'check_parallel', 'DistInfo', 'init_distributed', 'd
            'all_reduce_sum', 'torchrun_command', 'relaunch']
 
 # %% ../nbs/24_distributed.ipynb #b760d7ab
-import os, sys, socket, datetime, tempfile, subprocess
+import os, sys, socket, datetime, tempfile, subprocess, faulthandler
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.distributed as dist
 import torch.multiprocessing as mp
@@ -101,6 +101,7 @@ def set_torchrun_env(rank:int, world:int, port:int, local_rank:int|None=None):
 
 # %% ../nbs/24_distributed.ipynb #dee6e11a
 def _spawn_entry(i, world, port, fn, args, out):
+    faulthandler.enable()   # a crash in a rank prints its Python stack
     set_torchrun_env(i, world, port); torch.set_num_threads(1)
     try: r = fn(*args)
     except BaseException: destroy_distributed(barrier=False); raise   # the others may never reach a barrier

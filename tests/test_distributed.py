@@ -3,12 +3,21 @@ norms) of one process on the same global batch, and a DCP checkpoint saved by 4 
 same losses.
 
 Ranks are started with `pithtrain.distributed.spawn`, which imports the functions below in each child."""
-import os, tempfile
+import os, tempfile, warnings
 import pytest, torch, torch.nn as nn
 from pithtrain.distributed import spawn, init_distributed, parallelize, clip_grad_norm_, local_batch, reduce_metrics
 from pithtrain.checkpoint_dcp import save_dcp, load_dcp
 from pithtrain.optim import build_optimizer
 from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
+
+def run(fn, world, *args):
+    """`spawn`, retried once when a rank is killed by a signal (SIGSEGV/SIGABRT seen rarely inside gloo when 4 ranks
+    share 2 busy cores); a Python error in a rank, or a second crash, still fails the test."""
+    try: return spawn(fn, world, *args)
+    except torch.multiprocessing.ProcessExitedException as e:
+        if not e.signal_name: raise
+        warnings.warn(f"rank killed by {e.signal_name}; running the {world} ranks again once")
+        return spawn(fn, world, *args)
 
 TOL = 2e-5   # fp32; the sums are taken in different orders on different layouts
 # the `tiny` preset, balanced on the global batch (a global-batch aux loss and the aux-loss-free bias, both reduced
@@ -47,7 +56,7 @@ def reference():
 
 @pytest.mark.parametrize('world,ep,opt', [(2, 1, 'adamw'), (2, 2, 'muon')], ids=['dp2-adamw', 'ep2-muon'])
 def test_same_losses_as_one_process(reference, world, ep, opt):
-    res = spawn(train, world, ep, 4, opt)
+    res = run(train, world, ep, 4, opt)
     ref_losses, ref_norms = reference[opt]
     for losses, norms in res:                         # every rank reports the same global numbers
         assert max(abs(a - b) for a, b in zip(losses, ref_losses)) < TOL, (losses, ref_losses)
@@ -57,12 +66,12 @@ def test_dp2xep2_and_dcp_4_ranks_resumes_on_2_and_1(reference):
     "dp2 x ep2 with Muon matches one process; its checkpoint (saved before step 2) resumes on 2 ranks and on 1."
     with tempfile.TemporaryDirectory() as d:
         ck = os.path.join(d, 'ckpt')
-        four = spawn(train, 4, 2, 4, 'muon', ck, None, 2)
+        four = run(train, 4, 2, 4, 'muon', ck, None, 2)
         for losses, norms in four:
             assert max(abs(a - b) for a, b in zip(losses, reference['muon'][0])) < TOL, (losses, reference['muon'][0])
             assert max(abs(a - b) / b for a, b in zip(norms, reference['muon'][1])) < TOL
         four = four[0][0]
-        two = spawn(train, 2, 1, 2, 'muon', None, ck, None, 2)[0][0]    # dp2, no EP: experts re-laid out
+        two = run(train, 2, 1, 2, 'muon', None, ck, None, 2)[0][0]    # dp2, no EP: experts re-laid out
         one = train(steps=2, opt='muon', load=ck, first=2)[0]           # one process, no group
         assert max(abs(a - b) for a, b in zip(two, four[2:])) < TOL, (two, four[2:])
         assert max(abs(a - b) for a, b in zip(one, four[2:])) < TOL, (one, four[2:])
@@ -72,7 +81,7 @@ def test_dp2xep2_and_dcp_4_ranks_resumes_on_2_and_1(reference):
 def test_nccl_two_gpus_match_one(ep):
     "NCCL on two GPUs (fp32 parameters, fp32 compute) against one GPU; TF32 in the Triton GEMMs sets the tolerance."
     ref = train(steps=3, device='cuda', dtype='fp32')[0]
-    for losses, _ in spawn(train, 2, ep, 3, 'adamw', None, None, None, 0, 'cuda', 'fp32'):
+    for losses, _ in run(train, 2, ep, 3, 'adamw', None, None, None, 0, 'cuda', 'fp32'):
         assert max(abs(a - b) for a, b in zip(losses, ref)) < 2e-2, (losses, ref)
 
 def _cli(args, run_dir, nproc=1):
