@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
-from .core import Config, ConfigError, choice, check
+from .core import positive, Config, ConfigError, choice, check
 
 # %% ../nbs/01_router.ipynb #9b3d8cbe
 _nonneg = lambda v: v >= 0
@@ -22,11 +22,11 @@ _nonneg = lambda v: v >= 0
 @dataclass
 class RouterConfig(Config):
     "How a layer scores, selects and weights experts, and how it balances their load."
-    n_experts: int = check(8, lambda v: v > 0, 'must be > 0')          # E
-    top_k: int = check(2, lambda v: v > 0, 'must be > 0')              # k experts per token
+    n_experts: int = check(8, positive, 'must be > 0')          # E
+    top_k: int = check(2, positive, 'must be > 0')              # k experts per token
     score: str = choice('softmax', 'sigmoid', 'softmax_topk')          # softmax_topk: GPT-OSS (top-k logits, softmax over k)
-    n_group: int = check(1, lambda v: v > 0, 'must be > 0')            # expert groups (1: no group limit)
-    topk_group: int = check(1, lambda v: v > 0, 'must be > 0')         # groups a token may use
+    n_group: int = check(1, positive, 'must be > 0')            # expert groups (1: no group limit)
+    topk_group: int = check(1, positive, 'must be > 0')         # groups a token may use
     group_score: str = choice('max', 'top2')                           # rank groups by best score (V2) or top-2 sum (V3)
     norm_topk_prob: bool = False                                       # renormalise the k weights to sum to 1
     routed_scaling_factor: float = 1.0                                 # multiply the weights

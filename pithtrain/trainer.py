@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from .core import Config, ConfigError, choice, check, get_device, seed_everything
+from .core import positive, Config, ConfigError, choice, check, get_device, seed_everything
 from .optim import build_optimizer, build_schedule
 from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, list_checkpoints, init_from, is_hf_checkpoint
 from .distributed import init_distributed, destroy_distributed, parallelize, clip_grad_norm_, reduce_metrics, all_reduce_sum
 from .checkpoint_dcp import save_dcp, load_dcp
 
 # %% ../nbs/23_trainer.ipynb #7a914581
-def _pos(v): return v > 0
 def _nonneg(v): return v >= 0
 
 @dataclass
@@ -33,12 +32,12 @@ class TrainConfig(Config):
     data:str = 'builtin'                  # 'builtin' (Python stdlib), a prepared dataset dir, or text files/dirs/globs
     data_max_mb:float|None = 4.0          # cap on the built-in corpus (a deterministic subset); None: all of it
     tokenizer:str = 'bytes'               # 'bytes' or a tokenizer.json path (for raw text `data`)
-    batch_size:int = check(16, _pos, 'must be > 0')    # sequences per micro-batch
-    seq_len:int = check(128, _pos, 'must be > 0')
-    grad_accum:int = check(1, _pos, 'must be > 0')     # micro-batches per optimizer step
-    steps:int = check(1000, _pos, 'must be > 0')        # optimizer steps in total
+    batch_size:int = check(16, positive, 'must be > 0')    # sequences per micro-batch
+    seq_len:int = check(128, positive, 'must be > 0')
+    grad_accum:int = check(1, positive, 'must be > 0')     # micro-batches per optimizer step
+    steps:int = check(1000, positive, 'must be > 0')        # optimizer steps in total
     optimizer:str = choice('adamw', 'muon')
-    lr:float = check(3e-3, _pos, 'must be > 0')        # peak learning rate
+    lr:float = check(3e-3, positive, 'must be > 0')        # peak learning rate
     min_lr_ratio:float = check(0.1, lambda v: 0 <= v <= 1, 'must be in [0, 1]')
     weight_decay:float = check(0.1, _nonneg, 'must be >= 0')
     beta1:float = check(0.9, lambda v: 0 <= v < 1, 'must be in [0, 1)')
@@ -48,16 +47,16 @@ class TrainConfig(Config):
     warmup:int = check(30, _nonneg, 'must be >= 0')
     decay_frac:float = check(0.2, lambda v: 0 < v <= 1, 'must be in (0, 1]')  # wsd: share of steps spent decaying
     eval_every:int = check(200, _nonneg, 'must be >= 0 (0: only at the end)')
-    eval_batches:int = check(8, _pos, 'must be > 0')
-    log_every:int = check(20, _pos, 'must be > 0')
+    eval_batches:int = check(8, positive, 'must be > 0')
+    log_every:int = check(20, positive, 'must be > 0')
     ckpt_every:int = check(500, _nonneg, 'must be >= 0 (0: only at the end)')
-    keep_last:int = check(2, _pos, 'must be > 0')
+    keep_last:int = check(2, positive, 'must be > 0')
     nan_policy:str = choice('stop', 'skip')
     activation_checkpointing:bool = False
     compile:bool = False                  # torch.compile the dense (non-MoE) parts of each block
     dtype:str = choice('auto', 'bf16', 'fp32')  # compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU
     device:str = 'auto'
-    ep:int = check(1, _pos, 'must be > 0')  # expert-parallel degree (under torchrun; the world size must be a multiple)
+    ep:int = check(1, positive, 'must be > 0')  # expert-parallel degree (under torchrun; the world size must be a multiple)
     threads:int = check(0, _nonneg, 'must be >= 0 (0: auto)')  # CPU threads; 0: 1 for models under 20M parameters, else torch's default
     seed:int = 0
     run_dir:str = ''                      # '' : ./runs/<timestamp>; an existing one resumes from its latest checkpoint
