@@ -5,16 +5,16 @@
 # %% auto #0
 __all__ = ['BATCH', 'PEAK_FLOPS', 'COMPONENTS', 'LEVERS', 'ROW_KEYS', 'GOALS', 'flops_per_token', 'hf_config', 'time_steps',
            'time_fn', 'state_bytes', 'random_batches', 'pithtrain_step', 'hf_step', 'measure', 'profile_components',
-           'full_logits_ce', 'fp32_ce', 'fp32_residual', 'lever', 'patched', 'make_row', 'parse_args', 'bench_main',
-           'latest_results', 'plot_results', 'profile_table', 'runs_table', 'plot_profile']
+           'full_logits_ce', 'fp32_ce', 'clip_then_step', 'fp32_residual', 'lever', 'patched', 'make_row', 'parse_args',
+           'bench_main', 'latest_results', 'plot_results', 'profile_table', 'runs_table', 'plot_profile']
 
-# %% ../nbs/31_bench.ipynb #2613abf4
+# %% ../nbs/31_bench.ipynb #ac6cc886
 import argparse, datetime, gc, itertools, json, os, statistics, sys, time
 from pathlib import Path
 import torch
 from .core import get_device
 
-# %% ../nbs/31_bench.ipynb #a72e658f
+# %% ../nbs/31_bench.ipynb #fc71cb68
 BATCH = {'small': (8, 2048), 'qwen3-30b-a3b-6l': (4, 4096), 'tiny': (2, 64)}   # preset: (batch, seq_len)
 PEAK_FLOPS = 989e12   # H200 dense bf16 peak, the MFU denominator of hf_anchor.py
 
@@ -36,7 +36,7 @@ def hf_config(c # a `Qwen3MoEConfig`
                 norm_topk_prob=c.norm_topk_prob, max_position_embeddings=4096, output_router_logits=True,
                 router_aux_loss_coef=c.router_aux_loss_coef)
 
-# %% ../nbs/31_bench.ipynb #7c6b53e2
+# %% ../nbs/31_bench.ipynb #2fc40d2d
 def _mark(cuda:bool):
     if not cuda: return time.perf_counter()
     e = torch.cuda.Event(enable_timing=True); e.record()
@@ -61,7 +61,7 @@ def time_fn(fn, device:torch.device, reps:int=10, warmup:int=3)->float:
     "Median ms of `fn()` (for the component profile)."
     return time_steps(fn, reps, warmup, device)['median_ms']
 
-# %% ../nbs/31_bench.ipynb #6a0d6bd2
+# %% ../nbs/31_bench.ipynb #8436e415
 def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     "Bytes of parameters, gradients and optimizer state (after the optimizer's first step)."
     ps = list(model.parameters())
@@ -69,7 +69,7 @@ def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     return dict(params=sum(nb(p) for p in ps), grads=sum(nb(p) for p in ps if p.requires_grad),
                 optimizer=sum(nb(t) for s in opt.state.values() for t in s.values() if torch.is_tensor(t)))
 
-# %% ../nbs/31_bench.ipynb #0e3981ac
+# %% ../nbs/31_bench.ipynb #d05b352c
 def random_batches(n:int, B:int, S:int, vocab:int, device, seed:int=0)->list:
     "`n` random (input_ids, labels) batches on `device`; labels = the next token (pithtrain models do not shift)."
     g = torch.Generator().manual_seed(seed)
@@ -97,11 +97,12 @@ def pithtrain_step(c, B:int, S:int, device:torch.device,
     params, routers = [p for p in model.parameters() if p.requires_grad], list(model.routers())
     amp = torch.bfloat16 if device.type == 'cuda' else None
     data = itertools.cycle(random_batches(4, B, S, c.vocab_size, device))
+    import pithtrain.distributed as D   # looked up at call time: a lever may patch `clipped_step`
     def step():
         loss, _, _ = forward_backward(model, [next(data)], device, amp)
-        gn = torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        gn = D.clip_grad_norm_(params, float('inf'))   # as the trainer: measure, clip inside the step
         if sync and not bool(torch.isfinite(loss + gn)): raise FloatingPointError('non-finite loss or gradient norm')
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        D.clipped_step(opt, params, gn, 1.0); sched.step(); opt.zero_grad(set_to_none=True)
         for r in routers: r.update_bias()
     return model, opt, step
 
@@ -122,7 +123,7 @@ def hf_step(c, B:int, S:int, device:torch.device)->tuple:
         opt.step(); opt.zero_grad(set_to_none=True)
     return model, opt, step
 
-# %% ../nbs/31_bench.ipynb #f69f3320
+# %% ../nbs/31_bench.ipynb #1f01fb1b
 def _free(device):
     gc.collect()
     if device.type == 'cuda': torch.cuda.empty_cache()
@@ -149,7 +150,7 @@ def measure(name:str,          # 'pithtrain', 'pithtrain+compile' or 'hf'
     del model, opt, step; _free(device)
     return out
 
-# %% ../nbs/31_bench.ipynb #a45eed2b
+# %% ../nbs/31_bench.ipynb #031448db
 COMPONENTS = ('attention', 'router', 'dispatch', 'experts', 'cross_entropy', 'optimizer', 'other')
 
 def _dtypes(model, B, S, device, amp):
@@ -205,8 +206,9 @@ def profile_components(model, opt, B:int, S:int, device:torch.device, step_ms:fl
     def ce():
         with ac(): loss = cross_entropy(hn, model.head_weight().to(hn.dtype), labels)
         loss.backward()
+    import pithtrain.distributed as D
     def optimizer():
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True); opt.step()
+        D.clipped_step(opt, params, D.clip_grad_norm_(params, float('inf')), 1.0)
 
     per = {'attention': (attention, L), 'router': (router, nm), 'dispatch': (dispatch, nm), 'experts': (experts, nm),
            'cross_entropy': (ce, 1)}
@@ -225,7 +227,7 @@ def profile_components(model, opt, B:int, S:int, device:torch.device, step_ms:fl
                 ms={n: ms[n] for n in COMPONENTS}, share={n: ms[n] / step_ms for n in COMPONENTS},
                 tflops={n: f / (ms[n] / 1e3) / 1e12 for n, f in flops.items() if ms[n] > 0})
 
-# %% ../nbs/31_bench.ipynb #abda6843
+# %% ../nbs/31_bench.ipynb #c7aafc32
 def full_logits_ce(h, w, labels, **kw):
     "Cross-entropy over the full (T, V) logits upcast to fp32, as transformers computes it."
     import torch.nn.functional as F
@@ -237,20 +239,24 @@ def fp32_ce(h, w, labels, **kw):
     from pithtrain.layers import cross_entropy
     with torch.autocast(h.device.type, enabled=False): return cross_entropy(h.float(), w.float(), labels, **kw)
 
+def clip_then_step(opt, params, norm, max_norm):
+    "Clipping as a foreach pass over the gradients, then `opt.step()` (what `clipped_step` folds into the kernel)."
+    torch._foreach_mul_([p.grad for p in params if p.grad is not None], (max_norm / (norm + 1e-6)).clamp(max=1.0)); opt.step()
+
 def fp32_residual(model):
     "Cast the embedding output back to fp32: residual stream, norms and LM head inputs then fp32."
     model.embed_tokens.register_forward_hook(lambda m, a, o: o.float())
 
-LEVERS = ('flash-attention', 'fp32-ce', 'fp32-residual', 'torch-experts', 'trainer-sync', 'full-logits-ce')
+LEVERS = ('flash-attention', 'fp32-ce', 'fp32-residual', 'torch-experts', 'trainer-sync', 'full-logits-ce', 'clip-pass')
 
 def lever(name:str)->dict:
     "What lever `name` changes: `patch` (module, attribute, value) while measured, `setup(model)`, `sync`."
     from pithtrain.experts import expert_ffn_grouped_mm
-    import pithtrain.moe as moe, pithtrain.layers as layers
+    import pithtrain.moe as moe, pithtrain.layers as layers, pithtrain.distributed as D
     d = {'flash-attention': dict(patch=(layers, 'CUDNN_FIRST', False)), 'fp32-ce': dict(patch=(moe, 'cross_entropy', fp32_ce)),
          'fp32-residual': dict(setup=fp32_residual),
          'torch-experts': dict(patch=(moe, 'expert_ffn', expert_ffn_grouped_mm)), 'trainer-sync': dict(sync=True),
-         'full-logits-ce': dict(patch=(moe, 'cross_entropy', full_logits_ce))}
+         'full-logits-ce': dict(patch=(moe, 'cross_entropy', full_logits_ce)), 'clip-pass': dict(patch=(D, 'clipped_step', clip_then_step))}
     if name not in d: raise ValueError(f"lever {name!r} is not known; choose one of {LEVERS}")
     return dict(dict(patch=None, setup=None, sync=False), **d[name])
 
@@ -262,7 +268,7 @@ class patched:
     def __exit__(self, *exc):
         if self.patch: setattr(self.patch[0], self.patch[1], self.old)
 
-# %% ../nbs/31_bench.ipynb #b5432cf7
+# %% ../nbs/31_bench.ipynb #f36caadd
 ROW_KEYS = ('preset', 'pithtrain_tokens_per_s', 'hf_tokens_per_s', 'ratio', 'pithtrain_mfu', 'pithtrain_peak_mem_gb',
             'hf_peak_mem_gb', 'pithtrain_activation_mem_gb', 'hf_activation_mem_gb')
 
@@ -284,7 +290,8 @@ def parse_args(argv:list|None=None, prog:str='pithtrain bench'):
     ap.add_argument('--warmup', type=int, default=3, help='untimed steps first (autotune, compile)')
     ap.add_argument('--compile', action='store_true', help='also measure pithtrain with torch.compile of the dense blocks')
     ap.add_argument('--profile', action='store_true', help='break the pithtrain step down by component')
-    ap.add_argument('--levers', action='store_true', help='also measure pithtrain with one design choice undone at a time')
+    ap.add_argument('--levers', nargs='*', default=None, choices=LEVERS, metavar='LEVER',
+                    help=f'also measure pithtrain with one design choice undone at a time: all, or those named ({", ".join(LEVERS)})')
     ap.add_argument('--no-hf', action='store_true', help='skip the transformers baseline')
     ap.add_argument('--cpu-smoke', action='store_true', help="tiny preset, 2 steps on CPU: checks the logic only")
     ap.add_argument('--budget-s', type=float, default=0, help='skip --compile and --levers runs once this much time has passed (0: no limit)')
@@ -295,7 +302,7 @@ def parse_args(argv:list|None=None, prog:str='pithtrain bench'):
     elif not torch.cuda.is_available(): ap.error('no CUDA device: run with --cpu-smoke to check the logic on a CPU')
     return a
 
-# %% ../nbs/31_bench.ipynb #516d421f
+# %% ../nbs/31_bench.ipynb #95c95732
 def _versions()->dict:
     import importlib.metadata as md
     v = {'torch': torch.__version__}
@@ -348,9 +355,10 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
         if a.budget_s and time.perf_counter() - t0 > a.budget_s:
             detail['skipped'].append(dict(preset=p, name=name, error='out of --budget-s')); save(); return
         run(p, name, build)
-    extra = [('lever', LEVERS[0])] if a.levers else []          # flash-attention first: the newest choice
+    names = [n for n in LEVERS if a.levers == [] or n in (a.levers or [])]
+    extra = [('lever', names[0])] if names else []          # the first (flash-attention when all): the newest choice
     extra += [('compile', None)] if a.compile and not a.cpu_smoke else []
-    extra += [('lever', n) for n in LEVERS[1:]] if a.levers else []
+    extra += [('lever', n) for n in names[1:]]
     for kind, n in extra:
         for p in a.presets:
             if kind == 'compile': later(p, 'pithtrain+compile', lambda c, B, S: pithtrain_step(c, B, S, device, compile=True)); continue
@@ -361,7 +369,7 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
               f" | ratio {r['ratio'] or 0:.2f}x | MFU {r['pithtrain_mfu'] or 0:.1%}", flush=True)
     return res
 
-# %% ../nbs/31_bench.ipynb #5327e8cc
+# %% ../nbs/31_bench.ipynb #d770812a
 def latest_results(d='benchmarks/results')->tuple:
     "(results, profile) dicts of the newest `e2e-DATE.json` in `d` (and its profile file), or (None, None)."
     fs = sorted(Path(d).glob('e2e-2*.json'))

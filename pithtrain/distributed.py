@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['EXPERT_PARAMS', 'check_parallel', 'DistInfo', 'init_distributed', 'destroy_distributed', 'free_port',
            'set_torchrun_env', 'spawn', 'expert_holders', 'is_expert_param', 'split_experts', 'mp_policy',
-           'shard_model', 'parallelize', 'clip_grad_norm_', 'per_matrix', 'local_batch', 'reduce_metrics',
-           'all_reduce_sum', 'torchrun_command', 'relaunch']
+           'shard_model', 'parallelize', 'clip_grad_norm_', 'fused_adam', 'clipped_step', 'per_matrix', 'local_batch',
+           'reduce_metrics', 'all_reduce_sum', 'torchrun_command', 'relaunch']
 
-# %% ../nbs/24_distributed.ipynb #b760d7ab
+# %% ../nbs/24_distributed.ipynb #a1f7341f
 import os, sys, socket, datetime, tempfile, subprocess, faulthandler
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.distributed as dist
@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
 from .core import get_device, get_dtype
 from .router import Router
 
-# %% ../nbs/24_distributed.ipynb #f668bd24
+# %% ../nbs/24_distributed.ipynb #a866d0f1
 def check_parallel(world:int,             # number of processes
                    ep:int=1,              # expert-parallel degree
                    n_experts:int|None=None # routed experts per MoE layer (None: not checked)
@@ -31,7 +31,7 @@ def check_parallel(world:int,             # number of processes
         raise ValueError(f"n_experts={n_experts} is not divisible by ep={ep}: every EP rank holds n_experts/ep whole experts")
     return world // ep
 
-# %% ../nbs/24_distributed.ipynb #49814fa4
+# %% ../nbs/24_distributed.ipynb #967f500f
 @dataclass
 class DistInfo:
     "Where this process sits: rank, world size and the `(dp, ep)` mesh (None in a plain single process)."
@@ -59,7 +59,7 @@ class DistInfo:
     @property
     def dp_group(self): return self.mesh['dp'].get_group() if self.distributed else None
 
-# %% ../nbs/24_distributed.ipynb #1c171dad
+# %% ../nbs/24_distributed.ipynb #c2487170
 def init_distributed(ep:int=1,                 # expert-parallel degree (a divisor of the world size)
                      n_experts:int|None=None,  # routed experts per layer, checked against `ep`
                      device:str|None=None,     # 'cuda', 'cpu' or None (CUDA when present)
@@ -89,7 +89,7 @@ def destroy_distributed(info:DistInfo|None=None, barrier:bool=True):
     if barrier: dist.barrier()   # without it a fast rank's teardown can abort a slow one ('terminate called...', SIGABRT)
     dist.destroy_process_group()
 
-# %% ../nbs/24_distributed.ipynb #411dade7
+# %% ../nbs/24_distributed.ipynb #0a64299e
 def free_port()->int:
     "A free TCP port on this machine (for MASTER_PORT)."
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -99,7 +99,7 @@ def set_torchrun_env(rank:int, world:int, port:int, local_rank:int|None=None):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank if local_rank is None else local_rank),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
 
-# %% ../nbs/24_distributed.ipynb #dee6e11a
+# %% ../nbs/24_distributed.ipynb #dccf854e
 def _spawn_entry(i, world, port, fn, args, out):
     faulthandler.enable()   # a crash in a rank prints its Python stack
     set_torchrun_env(i, world, port); torch.set_num_threads(1)
@@ -117,7 +117,7 @@ def spawn(fn,         # importable function run on every rank; it calls `init_di
         mp.spawn(_spawn_entry, args=(world, free_port(), fn, args, out), nprocs=world, join=True)
         return [torch.load(os.path.join(out, f'rank{i}.pt'), weights_only=False) for i in range(world)]
 
-# %% ../nbs/24_distributed.ipynb #d57cda96
+# %% ../nbs/24_distributed.ipynb #422c44b0
 EXPERT_PARAMS = ('w1', 'w2', 'b1', 'b2')
 
 def expert_holders(model:nn.Module)->list[tuple[str, nn.Module]]:
@@ -148,7 +148,7 @@ def split_experts(model:nn.Module, info:DistInfo)->nn.Module:
         m.ep_group, m.expert_offset = info.ep_group, info.ep_rank * El     # what `MoE.forward` reads
     return model
 
-# %% ../nbs/24_distributed.ipynb #bc335091
+# %% ../nbs/24_distributed.ipynb #20bb9c3e
 def mp_policy(device:torch.device|str|None=None, # decides the default compute dtype
               dtype:str|torch.dtype|None=None    # compute dtype; None: bf16 on CUDA, fp32 on CPU
              )->MixedPrecisionPolicy:
@@ -180,7 +180,7 @@ def shard_model(model:nn.Module,               # built whole (and cut by `split_
     for b in _blocks(model): fully_shard(b, mesh=info.flat, **kw)
     return fully_shard(model, mesh=info.flat, **kw)
 
-# %% ../nbs/24_distributed.ipynb #58bfac0a
+# %% ../nbs/24_distributed.ipynb #9c97259c
 def parallelize(model:nn.Module,                 # built whole, the same on every rank (same seed)
                 info:DistInfo,                   # from `init_distributed`
                 dtype:str|torch.dtype|None=None  # compute dtype of the gathered parameters
@@ -192,7 +192,7 @@ def parallelize(model:nn.Module,                 # built whole, the same on ever
         if isinstance(m, Router): m.group = info.group
     return shard_model(model, info, dtype)
 
-# %% ../nbs/24_distributed.ipynb #7029f7fd
+# %% ../nbs/24_distributed.ipynb #a21c2858
 @torch.no_grad()
 def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors on any 1-D mesh)
                     max_norm:float,      # clip to this global L2 norm; <= 0 or inf: only measure
@@ -216,7 +216,30 @@ def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors o
     if 0 < max_norm < float('inf'): torch._foreach_mul_(local, (max_norm / (norm + 1e-6)).clamp(max=1.0).to(local[0].dtype))
     return norm
 
-# %% ../nbs/24_distributed.ipynb #1b3ffff3
+# %% ../nbs/24_distributed.ipynb #240f96c2
+def fused_adam(opt)->bool:
+    "True for torch's fused Adam/AdamW, whose kernel can divide the gradients by a device scalar as it reads them."
+    return isinstance(opt, torch.optim.Adam) and bool(opt.defaults.get('fused'))
+
+@torch.no_grad()
+def clipped_step(opt:torch.optim.Optimizer, # the optimizer to step
+                 params,                    # its parameters (plain or DTensors)
+                 norm:torch.Tensor,         # 0-d global gradient norm, from `clip_grad_norm_(params, inf)`
+                 max_norm:float             # clip to this norm; <= 0 or inf: no clipping
+                ):
+    "`opt.step()` on gradients clipped to `max_norm`: in the fused AdamW kernel when possible, else a foreach multiply first."
+    if not 0 < max_norm < float('inf'): return opt.step()
+    div = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)   # grads / div = grads · min(1, max_norm / (norm + 1e-6))
+    grads = [p.grad for p in params if p.grad is not None]
+    if fused_adam(opt) and not any(isinstance(g, DTensor) for g in grads):
+        opt.grad_scale = div   # read by torch's fused Adam step (getattr(self, 'grad_scale', None))
+        try: return opt.step()
+        finally: del opt.grad_scale
+    local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    if local: torch._foreach_mul_(local, div.reciprocal().to(local[0].dtype))
+    return opt.step()
+
+# %% ../nbs/24_distributed.ipynb #23b3093e
 def per_matrix(fn,             # maps a matrix (or a batch of matrices, leading dims) to one of the same shape
                g:torch.Tensor  # plain tensor or FSDP2 DTensor (Shard(0) on a 1-D mesh)
               )->torch.Tensor:
@@ -226,7 +249,7 @@ def per_matrix(fn,             # maps a matrix (or a batch of matrices, leading 
     else: local = distribute_tensor(fn(g.full_tensor()), g.device_mesh, g.placements, src_data_rank=None).to_local()
     return DTensor.from_local(local, g.device_mesh, g.placements, shape=g.shape, stride=g.stride(), run_check=False)
 
-# %% ../nbs/24_distributed.ipynb #c02f704b
+# %% ../nbs/24_distributed.ipynb #b1258571
 def local_batch(x:torch.Tensor, info:DistInfo)->torch.Tensor:
     "This rank's contiguous slice (dim 0) of a global batch; the batch must split evenly."
     if x.shape[0] % info.world: raise ValueError(f"global batch of {x.shape[0]} rows does not split over {info.world} ranks: use a multiple of {info.world}")
@@ -250,7 +273,7 @@ def all_reduce_sum(t:torch.Tensor, info:DistInfo)->torch.Tensor:
     if info.distributed: t = t.clone(); dist.all_reduce(t)
     return t
 
-# %% ../nbs/24_distributed.ipynb #28e54121
+# %% ../nbs/24_distributed.ipynb #94237ccc
 def torchrun_command(nproc:int,                 # processes on this machine (one per GPU)
                      args:list,                 # the module's own arguments, e.g. ['train', '--ep', '2']
                      module:str='pithtrain.cli' # run as `python -m module`

@@ -7,7 +7,7 @@ __all__ = ['FAMILIES', 'TrainConfig', 'model_classes', 'build_model', 'prepare',
            'forward_backward', 'evaluate', 'versions', 'read_metrics', 'Metrics', 'plot_run', 'cpu_threads',
            'NonFiniteError', 'train', 'generate', 'load_model']
 
-# %% ../nbs/23_trainer.ipynb #417b31d0
+# %% ../nbs/23_trainer.ipynb #9d18ed17
 import dataclasses, json, math, os, platform, resource, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +17,10 @@ from torch import nn
 from .core import positive, Config, ConfigError, choice, check, get_device, seed_everything
 from .optim import build_optimizer, build_schedule
 from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_checkpoint, list_checkpoints, init_from, is_hf_checkpoint
-from .distributed import init_distributed, destroy_distributed, parallelize, clip_grad_norm_, reduce_metrics, all_reduce_sum
+from .distributed import init_distributed, destroy_distributed, parallelize, clip_grad_norm_, clipped_step, reduce_metrics, all_reduce_sum
 from .checkpoint_dcp import save_dcp, load_dcp
 
-# %% ../nbs/23_trainer.ipynb #7a914581
+# %% ../nbs/23_trainer.ipynb #661dc066
 def _nonneg(v): return v >= 0
 
 @dataclass
@@ -73,7 +73,7 @@ class TrainConfig(Config):
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-# %% ../nbs/23_trainer.ipynb #a7d2cf9d
+# %% ../nbs/23_trainer.ipynb #330c0b4c
 def model_classes(family:str)->tuple:
     "(model class, config class) of a family: one explicit import each."
     if family == 'qwen3_moe': from pithtrain.qwen3_moe import Qwen3MoE as M, Qwen3MoEConfig as C
@@ -100,7 +100,7 @@ def prepare(cfg:TrainConfig)->str:
     if (Path(cfg.data)/'meta.json').is_file(): return cfg.data
     return prepare_data(cfg.data, tokenizer=cfg.tokenizer, progress=False)
 
-# %% ../nbs/23_trainer.ipynb #75a1d9f4
+# %% ../nbs/23_trainer.ipynb #f1f6cf0e
 def _blocks(model):
     if not isinstance(getattr(model, 'layers', None), nn.ModuleList):
         raise ConfigError(f"{type(model).__name__} has no `layers` ModuleList: activation_checkpointing/compile need one")
@@ -119,7 +119,7 @@ def compile_dense(model:nn.Module):
         for name, ch in b.named_children():
             if not any(hasattr(m, 'update_bias') for m in ch.modules()): ch.compile()
 
-# %% ../nbs/23_trainer.ipynb #faf01ee3
+# %% ../nbs/23_trainer.ipynb #cd9465a7
 def forward_backward(model:nn.Module, batches:list, # [(input_ids, labels), ...] micro-batches of one step
                      device:torch.device, amp:torch.dtype|None # autocast dtype (None: none)
                     )->tuple:
@@ -149,7 +149,7 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
     model.train(was)
     return (tot / max(n, 1)).item()
 
-# %% ../nbs/23_trainer.ipynb #832296d1
+# %% ../nbs/23_trainer.ipynb #7ecc35c8
 def versions()->dict:
     "Versions of Python and the packages a run depends on, the git commit of pithtrain, and the device."
     import importlib.metadata as md, subprocess
@@ -198,7 +198,7 @@ class Metrics:
         if self.wb is not None: self.wb.finish()
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/23_trainer.ipynb #51ad5156
+# %% ../nbs/23_trainer.ipynb #4dbce5ef
 def plot_run(run_dir:str|Path)->list:
     "Write loss.png and expert_load.png from a run's metrics.jsonl; return the paths written."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -224,7 +224,7 @@ def plot_run(run_dir:str|Path)->list:
         fig.tight_layout(); fig.savefig(run_dir/'expert_load.png', dpi=100); plt.close(fig); out.append(run_dir/'expert_load.png')
     return out
 
-# %% ../nbs/23_trainer.ipynb #ab5b772a
+# %% ../nbs/23_trainer.ipynb #27077d7e
 def cpu_threads(model:nn.Module, n:int=0)->int:
     "Set torch's CPU thread count for `model` (n=0: 1 thread under 20M parameters, else unchanged); return the old count."
     old = torch.get_num_threads()
@@ -260,7 +260,7 @@ def _setup(cfg:TrainConfig, model, loader):
         data_meta['dir'] = ddir
     return info, device, amp, run_dir, parallelize(model.to(device), info, amp or torch.float32), loader, data_meta
 
-# %% ../nbs/23_trainer.ipynb #162092a3
+# %% ../nbs/23_trainer.ipynb #0f32bd52
 def _stats(loss, aux, gn, counts, n):
     "Window sums (device tensors) → plain numbers, in one host sync."
     vals = torch.stack([loss, aux, gn]).double().div(n).tolist()
@@ -339,7 +339,7 @@ def train(cfg:TrainConfig,              # the run's config
             while step < cfg.steps:
                 batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
                 loss, aux, counts = forward_backward(model, batches, device, amp)
-                gn = clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float('inf'), info)  # global over all shards
+                gn = clip_grad_norm_(params, float('inf'), info)  # the global norm over all shards; clipping happens in the step
                 step += 1
                 if not bool(torch.isfinite(gn if info.distributed else loss + gn)):  # the one host sync per step (gn is global: all ranks agree)
                     opt.zero_grad(set_to_none=True)
@@ -351,7 +351,7 @@ def train(cfg:TrainConfig,              # the run's config
                     summary['skipped'] += 1; sched.step(); say(f"{msg}: update skipped")
                     metrics.log(dict(step=step, skipped=True, lr=opt.param_groups[0]['lr'])); bar.update(1)
                     continue
-                opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+                clipped_step(opt, params, gn, cfg.grad_clip); sched.step(); opt.zero_grad(set_to_none=True)
                 for r in model.routers(): r.update_bias(); r.reset_global_counts()  # a new global batch starts
                 w_loss, w_aux, w_gn, w_n = w_loss + loss, w_aux + aux, w_gn + gn.float(), w_n + 1
                 if counts is not None: w_counts = counts if w_counts is None else w_counts + counts
@@ -392,7 +392,7 @@ def train(cfg:TrainConfig,              # the run's config
     say(f"done: step {step}, {wall:.1f} s, run dir {run_dir}")
     return summary
 
-# %% ../nbs/23_trainer.ipynb #7a44a0be
+# %% ../nbs/23_trainer.ipynb #3f16d4d6
 @torch.no_grad()
 def generate(model:nn.Module, tokenizer, # `encode(str)->ids`, `decode(ids)->str`, `eod_id`
              prompt:str, max_new_tokens:int=120, temperature:float=0.8, top_k:int|None=50,
