@@ -1,0 +1,46 @@
+"""Where a whole training step's GPU time goes, kernel by kernel: torch.profiler over a few steps of pithtrain's step.
+
+The component profile of `e2e.py --profile` times each part alone (launch overhead included, compile off); this
+traces the real step (optionally compiled) and groups CUDA kernel time by name, so the table sums to the step.
+
+    python3 benchmarks/e2e_kernels.py --preset qwen3-30b-a3b-6l --compile   # GPU: $OUT/e2e_kernels-<preset>.txt
+    python3 benchmarks/e2e_kernels.py --preset tiny --cpu-smoke             # CPU: checks the logic only
+"""
+import os, sys, argparse, time
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import torch
+from torch.profiler import profile, ProfilerActivity
+from pithtrain.bench import BATCH, pithtrain_step
+from pithtrain.qwen3_moe import Qwen3MoEConfig
+
+ap = argparse.ArgumentParser()
+ap.add_argument('--preset', default='qwen3-30b-a3b-6l', choices=list(BATCH))
+ap.add_argument('--compile', action='store_true')
+ap.add_argument('--steps', type=int, default=3)
+ap.add_argument('--rows', type=int, default=45)
+ap.add_argument('--cpu-smoke', action='store_true')
+a = ap.parse_args()
+dev = torch.device('cpu' if a.cpu_smoke else 'cuda')
+c = Qwen3MoEConfig.preset(a.preset); B, S = BATCH[a.preset]
+model, opt, step = pithtrain_step(c, B, S, dev, compile=a.compile)
+for _ in range(3): step()
+if dev.type == 'cuda': torch.cuda.synchronize()
+acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
+t0 = time.perf_counter()
+with profile(activities=acts) as p:
+    for _ in range(a.steps): step()
+    if dev.type == 'cuda': torch.cuda.synchronize()
+wall = (time.perf_counter() - t0) / a.steps * 1e3
+ev = [e for e in p.key_averages() if (e.device_type.name == 'CUDA' if dev.type == 'cuda' else True)]
+key = (lambda e: e.self_device_time_total) if dev.type == 'cuda' else (lambda e: e.self_cpu_time_total)
+ev.sort(key=key, reverse=True)
+total = sum(key(e) for e in ev) / a.steps / 1e3
+lines = [f"preset {a.preset} B{B}xS{S} compile={a.compile} steps={a.steps}: wall {wall:.1f} ms/step (profiled), "
+         f"kernel time {total:.1f} ms/step", f"{'ms/step':>8} {'share':>6} {'calls':>6}  kernel"]
+for e in ev[:a.rows]:
+    ms = key(e) / a.steps / 1e3
+    lines.append(f"{ms:8.2f} {ms / max(total, 1e-9):6.1%} {e.count // a.steps:6d}  {e.key[:150]}")
+txt = '\n'.join(lines); print(txt)
+out = os.environ.get('OUT')
+if out: open(os.path.join(out, f'e2e_kernels-{a.preset}{"-compile" if a.compile else ""}.txt'), 'w').write(txt + '\n')
