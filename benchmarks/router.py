@@ -4,15 +4,21 @@ Qwen3-30B-A3B shapes: 8192 tokens, H 2048, E 128, k 8 (expert FFN width I 768), 
 variant runs forward (fp32 logits, scores, selection, weights, counts, enabled losses) and backward from
 `(weights·g).sum() + aux_loss` to the tokens and the gate; the FFN is the grouped_mm SwiGLU path of
 shared/reference/gpu_anchors.py (`gmm_ffn`: argsort, three grouped GEMMs, index_add), forward and backward.
+Every variant the fused Triton path can take is timed twice: `path` "fused" (the default on CUDA) and
+"torch" (`RouterConfig(fused=False)`); the others (group limit, sequence-level loss) only on "torch". A
+"gemm" row times the three fp32 gate GEMMs alone (logits, dX, dW): the floor of any router.
 Times are `triton.testing.do_bench` medians in the same run; the router should stay under 5% of the FFN.
 
     python3 benchmarks/router.py              # GPU: benchmarks/results/router-DATE.json and $OUT/router.json
-    python3 benchmarks/router.py --cpu-smoke  # tiny sizes on CPU: checks the script runs (timings meaningless)
+    python3 benchmarks/router.py --sweep      # also time the fused kernels' (BLOCK_T, num_warps) choices
+    python3 benchmarks/router.py --cpu-smoke  # tiny sizes on CPU, fused path in the Triton interpreter (timings meaningless)
 """
 import argparse, datetime, json, math, os, statistics, sys, tempfile, time
+if '--cpu-smoke' in sys.argv: os.environ.setdefault('TRITON_INTERPRET', '1')   # before triton decorates the kernels
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch, torch.nn.functional as F
-from pithtrain.router import Router, RouterConfig, load_stats
+import pithtrain.router as router_mod
+from pithtrain.router import Router, RouterConfig, load_stats, fused_ok
 from experts import gmm_ffn   # benchmarks/experts.py: the grouped_mm FFN of gpu_anchors.py
 
 def variants(E, k, seq_len):
@@ -44,6 +50,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--cpu-smoke', action='store_true', help='tiny sizes on CPU (checks the logic; no timing claims)')
     ap.add_argument('--out', default=None, help='results folder (default benchmarks/results; a temp folder for --cpu-smoke)')
+    ap.add_argument('--sweep', action='store_true', help='time the fused qwen3 router for several (BLOCK_T, num_warps)')
     a = ap.parse_args(argv)
     cuda = not a.cpu_smoke
     if cuda and not torch.cuda.is_available(): sys.exit('no CUDA device: run with --cpu-smoke on CPU')
@@ -52,7 +59,8 @@ def main(argv=None):
     date = datetime.date.today().isoformat()
     dirs = [a.out or (os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results') if cuda else tempfile.mkdtemp())]
     if os.environ.get('OUT'): dirs.append(os.environ['OUT'])
-    res = {'date': date, 'device': torch.cuda.get_device_name() if cuda else 'cpu (smoke)', 'command': 'python3 benchmarks/router.py' + (' --cpu-smoke' if a.cpu_smoke else ''),
+    res = {'date': date, 'device': torch.cuda.get_device_name() if cuda else 'cpu (smoke)',
+           'command': 'python3 benchmarks/router.py' + (' --sweep' if a.sweep else '') + (' --cpu-smoke' if a.cpu_smoke else ''),
            'torch': torch.__version__, 'shape': dict(tokens=T, hidden=H, experts=E, top_k=k, intermediate=I, seq_len=S, dtype=str(dt)), 'rows': []}
     def save():
         for d in dirs:
@@ -71,9 +79,20 @@ def main(argv=None):
         for p in (x, w1, w2, w3): p.grad = None
         gmm_ffn(x, wr, idx, w1, w2, w3).backward(gy)
     res['ffn_ms'] = bench(ffn_step, cuda); save()
-    print(f"{'router':38s} {'ms':>8s} {'% of FFN':>9s}   (grouped_mm FFN fwd+bwd: {res['ffn_ms']:.3f} ms)")
-    for name, (cfg, seq_len) in variants(E, k, S).items():
-        r = Router(H, cfg).to(dev)
+    print(f"{'router':38s} {'path':6s} {'ms':>8s} {'% of FFN':>9s}   (grouped_mm FFN fwd+bwd: {res['ffn_ms']:.3f} ms)")
+    def add(row):
+        row['pct_of_ffn'] = 100 * row['ms'] / res['ffn_ms']
+        res['rows'].append(row); save()
+        print(f"{row['router']:38s} {row['path']:6s} {row['ms']:8.3f} {row['pct_of_ffn']:8.2f}%", flush=True)
+    # the floor: the three fp32 gate GEMMs (logits, dX, dW) and the bf16 -> fp32 cast, nothing else
+    wg = (torch.randn(E, H, device=dev) * 0.02).requires_grad_()
+    gl = torch.randn(T, E, device=dev)
+    def gemm_step():
+        x.grad = wg.grad = None
+        F.linear(x.float(), wg).backward(gl)
+    add(dict(router='gate GEMMs only (floor)', path='gemm', ms=bench(gemm_step, cuda)))
+    def time_router(cfg, seq_len):
+        r = Router(H, cfg, triton_on_cpu=not cuda).to(dev)
         def step():
             x.grad = None
             for p in r.parameters(): p.grad = None
@@ -83,10 +102,22 @@ def main(argv=None):
         with torch.no_grad(): o = r(x, seq_len=seq_len)
         st = load_stats(o.counts, o.probs, r.capacity(T))
         r.update_bias(); r.reset_global_counts()
-        row = dict(router=name, ms=ms, pct_of_ffn=100 * ms / res['ffn_ms'], config=cfg.to_dict(),
-                   max_over_mean=st['max_over_mean'], dropped=st['dropped'])
-        res['rows'].append(row); save()
-        print(f"{name:38s} {ms:8.3f} {row['pct_of_ffn']:8.2f}%", flush=True)
+        return ms, st
+    for name, (cfg, seq_len) in variants(E, k, S).items():
+        for path in (('fused', 'torch') if fused_ok(cfg) else ('torch',)):
+            c = cfg if path == 'fused' else cfg.replace(fused=False)
+            ms, st = time_router(c, seq_len)
+            add(dict(router=name, path=path, ms=ms, config=c.to_dict(), max_over_mean=st['max_over_mean'], dropped=st['dropped']))
+    if a.sweep:   # the fused kernels' tile: rows per program and warps (the default is router._tile's choice)
+        cfg, seq_len = variants(E, k, S)['qwen3 (softmax, renorm, aux)']
+        res['sweep'] = []
+        for bt, warps in ((4, 1), (8, 2), (8, 4), (16, 4), (16, 8), (32, 4), (32, 8), (64, 8)):
+            router_mod._TILE = (bt, warps)
+            try: ms = time_router(cfg, seq_len)[0]
+            finally: router_mod._TILE = None
+            res['sweep'].append(dict(block_t=bt, num_warps=warps, ms=ms)); save()
+            print(f"  sweep qwen3 fused BLOCK_T={bt:3d} warps={warps}: {ms:.3f} ms", flush=True)
+        res['sweep_default'] = router_mod._tile(E); save()
     print('wrote', ', '.join(dirs))
     return res
 

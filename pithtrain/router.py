@@ -4,16 +4,18 @@
 
 # %% auto #0
 __all__ = ['RouterConfig', 'route_scores', 'select_experts', 'gate_weights', 'expert_counts', 'capacity', 'capacity_keep',
-           'balance_loss', 'seq_aux_loss', 'z_loss', 'RouterOutput', 'recomputing', 'Router', 'load_stats']
+           'balance_loss', 'seq_aux_loss', 'z_loss', 'fused_ok', 'fused_route', 'RouterOutput', 'recomputing', 'Router',
+           'load_stats']
 
 # %% ../nbs/01_router.ipynb #694c08bf
-import math
+import math, os
 from dataclasses import dataclass
 from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
+import triton, triton.language as tl
 from .core import positive, Config, ConfigError, choice, check
 
 # %% ../nbs/01_router.ipynb #9b3d8cbe
@@ -38,6 +40,7 @@ class RouterConfig(Config):
     aux_free: bool = False                                             # aux-loss-free balancing bias `e_bias`
     bias_update_rate: float = check(1e-3, _nonneg, 'must be >= 0')     # u: bias step per update
     capacity_factor: float|None = check(None, lambda v: v is None or v > 0, 'must be None (dropless) or > 0')
+    fused: bool = True                                                 # Triton kernels after the logits when `fused_ok` (CUDA)
     debug: bool = False                                                # check logits/ids (syncs the host)
 
     def validate(self):
@@ -127,8 +130,9 @@ def balance_loss(probs:torch.Tensor,  # (T, E) routing distribution
 
 def _balance(psum, counts, k, T, total=None):
     "`balance_loss` from the column sums `psum` (E,) of probs: one dot product, constants folded on the host."
-    loss = torch.dot(psum, counts.to(psum.dtype)) * (psum.shape[0] * k / max(T, 1))
-    return loss / max(total, 1) if total is not None else loss / counts.sum().clamp_min(1)
+    c = psum.shape[0] * k / max(T, 1)
+    if total is not None: return torch.dot(psum, counts.to(psum.dtype)) * (c / max(total, 1))
+    return torch.dot(psum, counts.to(psum.dtype)) * c / counts.sum().clamp_min(1)
 
 def seq_aux_loss(probs:torch.Tensor, # (T, E) routing distribution, T = B·seq_len
                  ids:torch.Tensor,   # (T, k) chosen experts
@@ -145,6 +149,190 @@ def z_loss(logits:torch.Tensor)->torch.Tensor:
     "Router z-loss: mean over tokens of `logsumexp(logits)²`."
     return torch.logsumexp(logits, -1).square().mean()
 
+# %% ../nbs/01_router.ipynb #e3fda409
+_INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
+_SCORES = {'softmax': 0, 'sigmoid': 1, 'softmax_topk': 2}
+_TILE = None   # (BLOCK_T, num_warps) to force, for tuning (benchmarks/router.py --sweep)
+
+def _tile(E:int)->tuple[int, int, int]:
+    "(BLOCK_T, E padded to a power of 2, num_warps): ~2K fp32 per tile on a GPU, 64 rows in the interpreter."
+    EP2 = triton.next_power_of_2(E)
+    if _TILE is not None: return _TILE[0], EP2, _TILE[1]
+    return (64, EP2, 4) if _INTERPRET else (max(1, min(64, 2048 // EP2)), EP2, 4)
+
+@triton.jit
+def _route_fwd_kernel(logits, e_bias, ids, wts, part, T, E, k, sl, scale,
+                      SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_BIAS:tl.constexpr, PSUM:tl.constexpr,
+                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BT + tl.arange(0, BT)
+    rvalid = rows < T
+    r64 = tl.minimum(rows, T - 1).to(tl.int64)        # rows past T re-read the last row; their results are masked
+    cols = tl.arange(0, EP2)
+    cvalid = cols < E
+    l = tl.load(logits + r64[:, None] * sl + cols[None, :], mask=cvalid[None, :], other=float('-inf'))
+    if SCORE == 1:
+        s = tl.sigmoid(l)                              # padding: σ(-inf) = 0
+        p = s / tl.sum(s, 1)[:, None]
+    else:
+        ex = tl.exp(l - tl.max(l, 1)[:, None])
+        p = ex / tl.sum(ex, 1)[:, None]
+        if SCORE == 2: s = l
+        else: s = p
+    if HAS_BIAS: choice = tl.where(cvalid[None, :], s + tl.load(e_bias + cols, mask=cvalid, other=0.0)[None, :], float('-inf'))
+    else: choice = l                                   # scores rise with the logits: rank the logits
+    choice = tl.where(choice == choice, choice, float('-inf'))   # NaN ranks last: ids stay distinct and in range
+    if SOFTK: src = l                                  # weights = softmax of the chosen logits
+    else: src = s
+    kc = tl.arange(0, KP2)
+    taken = tl.zeros([BT, EP2], dtype=tl.int32)
+    idt = tl.zeros([BT, KP2], dtype=tl.int32)
+    vt = tl.zeros([BT, KP2], dtype=tl.float32)
+    for j in range(k):                                 # k rounds of argmax-and-mask
+        free = (taken == 0) & cvalid[None, :]
+        cand = tl.where(free, choice, float('-inf'))
+        mx = tl.max(cand, 1)[:, None]
+        idx = tl.min(tl.where(free & (cand == mx), cols[None, :], EP2), 1)   # ties: lowest index
+        hit = cols[None, :] == idx[:, None]
+        taken = tl.where(hit, 1, taken)
+        at = kc[None, :] == j
+        idt = tl.where(at, idx[:, None], idt)
+        vt = tl.where(at, tl.sum(tl.where(hit, src, 0.0), 1)[:, None], vt)
+    kvalid = kc < k
+    if SOFTK:
+        vm = tl.where(kvalid[None, :], vt, float('-inf'))
+        e = tl.exp(vm - tl.max(vm, 1)[:, None])
+        w = e / tl.sum(e, 1)[:, None]
+    elif NORM: w = vt / (tl.sum(vt, 1)[:, None] + 1e-20)
+    else: w = vt
+    ko = r64[:, None] * k + kc[None, :]
+    km = rvalid[:, None] & kvalid[None, :]
+    tl.store(ids + ko, idt.to(tl.int64), mask=km)
+    tl.store(wts + ko, w * scale, mask=km)
+    po = part + pid.to(tl.int64) * (E * (1 + PSUM)) + cols
+    tl.store(po, tl.sum(tl.where(rvalid[:, None] & (taken != 0), 1.0, 0.0), 0), mask=cvalid)
+    if PSUM: tl.store(po + E, tl.sum(tl.where(rvalid[:, None], p, 0.0), 0), mask=cvalid)
+
+def _softk(cfg): return cfg.score == 'softmax_topk' or (cfg.score == 'softmax' and cfg.norm_topk_prob)
+
+def _route_fwd(logits:torch.Tensor,       # (T, E) fp32 logits, contiguous
+               e_bias:torch.Tensor|None,  # (E,) fp32 selection bias
+               cfg:RouterConfig,
+               psum_on:bool               # also the column sums of probs (a balance loss is on)
+              )->tuple:
+    "Launch the forward kernel: `(ids, weights, counts int32, counts fp32, psum or None)`."
+    (T, E), k = logits.shape, cfg.top_k
+    BT, EP2, warps = _tile(E)
+    n, dev = triton.cdiv(T, BT), logits.device
+    ids = torch.empty(T, k, dtype=torch.int64, device=dev)
+    w = torch.empty(T, k, dtype=torch.float32, device=dev)
+    part = torch.empty(n, E * (1 + psum_on), dtype=torch.float32, device=dev)
+    if T: _route_fwd_kernel[(n,)](logits, e_bias if e_bias is not None else logits, ids, w, part, T, E, k, logits.stride(0),
+                                float(cfg.routed_scaling_factor), SCORE=_SCORES[cfg.score], NORM=cfg.norm_topk_prob,
+                                SOFTK=_softk(cfg), HAS_BIAS=e_bias is not None, PSUM=psum_on, BT=BT, EP2=EP2,
+                                KP2=triton.next_power_of_2(k), num_warps=warps)
+    tot = part.sum(0)
+    return ids, w, tot[:E].to(torch.int32), tot[:E], tot[E:] if psum_on else None
+
+# %% ../nbs/01_router.ipynb #6752737b
+@triton.jit
+def _route_bwd_kernel(logits, ids, dw, dps, dl, T, E, k, sl, scale,
+                      SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_DW:tl.constexpr, HAS_DPS:tl.constexpr,
+                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BT + tl.arange(0, BT)
+    rvalid = rows < T
+    r64 = tl.minimum(rows, T - 1).to(tl.int64)
+    cols = tl.arange(0, EP2)
+    cvalid = cols < E
+    l = tl.load(logits + r64[:, None] * sl + cols[None, :], mask=cvalid[None, :], other=float('-inf'))
+    if SCORE == 1:
+        s = tl.sigmoid(l)
+        S = tl.sum(s, 1)[:, None]
+    else:
+        ex = tl.exp(l - tl.max(l, 1)[:, None])
+        p = ex / tl.sum(ex, 1)[:, None]
+    acc = tl.zeros([BT, EP2], dtype=tl.float32)        # scatter(...) of the formulas
+    if HAS_DW:
+        kc = tl.arange(0, KP2)
+        kvalid = kc < k
+        ko = r64[:, None] * k + kc[None, :]
+        idk = tl.load(ids + ko, mask=kvalid[None, :], other=0)
+        g = tl.load(dw + ko, mask=rvalid[:, None] & kvalid[None, :], other=0.0) * scale
+        lsel = tl.load(logits + r64[:, None] * sl + idk, mask=kvalid[None, :], other=float('-inf'))   # the k chosen logits
+        if SOFTK:
+            e = tl.exp(lsel - tl.max(lsel, 1)[:, None])
+            q = e / tl.sum(e, 1)[:, None]
+            h = q * (g - tl.sum(q * g, 1)[:, None])
+        elif NORM:
+            ssel = tl.sigmoid(lsel)
+            D = tl.sum(ssel, 1)[:, None] + 1e-20
+            h = (g - tl.sum(g * ssel, 1)[:, None] / D) / D
+        else: h = g
+        for j in range(k):
+            at = kc[None, :] == j
+            idj = tl.sum(tl.where(at, idk, 0), 1)
+            acc += tl.where(cols[None, :] == idj[:, None], tl.sum(tl.where(at, h, 0.0), 1)[:, None], 0.0)
+    if HAS_DPS: c = tl.load(dps + cols, mask=cvalid, other=0.0)[None, :]
+    if SCORE == 1:
+        if HAS_DPS: acc += (c - tl.sum(c * s, 1)[:, None] / S) / S
+        d = acc * s * (1.0 - s)
+    elif SOFTK:
+        d = acc
+        if HAS_DPS: d += p * (c - tl.sum(p * c, 1)[:, None])
+    else:
+        if HAS_DPS: acc += c
+        d = p * (acc - tl.sum(p * acc, 1)[:, None])
+    tl.store(dl + r64[:, None] * E + cols[None, :], d, mask=rvalid[:, None] & cvalid[None, :])
+
+def _route_bwd(logits:torch.Tensor,      # (T, E) fp32 logits of the forward
+               ids:torch.Tensor,         # (T, k) the forward's ids
+               dw:torch.Tensor|None,     # (T, k) gradient of the weights
+               dpsum:torch.Tensor|None,  # (E,) gradient of the probs column sums
+               cfg:RouterConfig)->torch.Tensor:
+    "Launch the backward kernel: the (T, E) gradient of the logits."
+    (T, E), k = logits.shape, cfg.top_k
+    BT, EP2, warps = _tile(E)
+    dl = torch.empty_like(logits)
+    if T: _route_bwd_kernel[(triton.cdiv(T, BT),)](
+        logits, ids, dw.contiguous() if dw is not None else logits, dpsum.contiguous() if dpsum is not None else logits, dl,
+        T, E, k, logits.stride(0), float(cfg.routed_scaling_factor), SCORE=_SCORES[cfg.score], NORM=cfg.norm_topk_prob,
+        SOFTK=_softk(cfg), HAS_DW=dw is not None, HAS_DPS=dpsum is not None, BT=BT, EP2=EP2,
+        KP2=triton.next_power_of_2(k), num_warps=warps)
+    return dl
+
+# %% ../nbs/01_router.ipynb #69bc2e5c
+class _FusedRoute(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, e_bias, cfg, psum_on):
+        ids, w, counts, cf, psum = _route_fwd(logits, e_bias, cfg, psum_on)
+        ctx.save_for_backward(logits, ids)
+        ctx.cfg = cfg
+        ctx.mark_non_differentiable(ids, counts, cf)
+        ctx.set_materialize_grads(False)
+        return ids, w, counts, cf, psum
+
+    @staticmethod
+    def backward(ctx, _ids, dw, _counts, _cf, dpsum):
+        logits, ids = ctx.saved_tensors
+        if dw is None and dpsum is None: return None, None, None, None
+        return _route_bwd(logits, ids, dw, dpsum, ctx.cfg), None, None, None
+
+def fused_ok(cfg:RouterConfig)->bool:
+    "Whether `cfg` can take the fused Triton path: `fused` on, no group limit, no sequence-level loss, not debug."
+    return cfg.fused and cfg.n_group == 1 and not cfg.seq_aux_loss_coef and not cfg.debug
+
+def fused_route(logits:torch.Tensor,       # (T, E) fp32 router logits
+                e_bias:torch.Tensor|None,  # (E,) selection bias (aux-loss-free balancing), or None
+                cfg:RouterConfig,          # a config `fused_ok` accepts
+                psum_on:bool=True          # compute the column sums of probs (for the balance losses)
+               )->tuple:
+    "Scores, top-k, weights, counts, probs column sums in one Triton kernel: `(ids, weights, counts, counts fp32, psum|None)`."
+    if logits.dtype != torch.float32: raise TypeError(f"fused_route needs fp32 logits, got {logits.dtype}")
+    if not (logits.is_cuda or _INTERPRET): raise RuntimeError("fused_route on CPU runs in the Triton interpreter: set TRITON_INTERPRET=1 before importing pithtrain")
+    if logits.shape[0] >= 2 ** 24: raise ValueError(f"fused_route: {logits.shape[0]} tokens; fp32 counts are exact below 2^24")
+    return _FusedRoute.apply(logits.contiguous(), e_bias, cfg, psum_on)
+
 # %% ../nbs/01_router.ipynb #acd47cfe
 class RouterOutput(NamedTuple):
     "What a router returns for T tokens."
@@ -153,7 +341,7 @@ class RouterOutput(NamedTuple):
     counts: torch.Tensor         # (E,) int32 pairs per expert, before capacity dropping
     aux_loss: torch.Tensor       # 0-d fp32: Σ coef·loss over the enabled losses
     losses: dict                 # name -> 0-d raw (unweighted) loss, for logging
-    probs: torch.Tensor|None     # (T, E) fp32 routing distribution
+    probs: torch.Tensor|None     # (T, E) fp32 routing distribution; None on the fused path
     keep: torch.Tensor|None      # (T, k) bool, False for pairs dropped by capacity; None when dropless
 
 def recomputing()->bool:
@@ -164,9 +352,10 @@ class Router(nn.Module):
     "Token → top-k experts with fp32 scores, optional group limit, balancing losses and aux-loss-free bias."
     def __init__(self, hidden:int,        # H
                  cfg:RouterConfig,
-                 group=None):             # process group to reduce counts over (global aux loss, bias update)
+                 group=None,              # process group to reduce counts over (global aux loss, bias update)
+                 triton_on_cpu:bool=False): # CPU: take the fused path in the Triton interpreter (tests)
         super().__init__()
-        self.cfg, self.hidden, self.group = cfg, hidden, group
+        self.cfg, self.hidden, self.group, self.triton_on_cpu = cfg, hidden, group, triton_on_cpu
         E = cfg.n_experts
         self.weight = nn.Parameter(torch.empty(E, hidden).normal_(0, 0.02))
         self.bias = nn.Parameter(torch.zeros(E)) if cfg.bias else None
@@ -182,9 +371,10 @@ class Router(nn.Module):
         return self
 
     def logits(self, x:torch.Tensor)->torch.Tensor:
-        "(T, E) router logits in fp32 (fp64 for fp64 input, for gradcheck)."
+        "(T, E) router logits in fp32 (fp64 for fp64 input, for gradcheck), also under autocast."
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return F.linear(_as(x, dt), _as(self.weight, dt), _as(self.bias, dt))
+        if not torch.is_autocast_enabled(x.device.type): return F.linear(_as(x, dt), _as(self.weight, dt), _as(self.bias, dt))
+        with torch.autocast(x.device.type, enabled=False): return F.linear(_as(x, dt), _as(self.weight, dt), _as(self.bias, dt))
 
     def forward(self, x:torch.Tensor,      # (T, H) tokens, any float dtype
                 seq_len:int|None=None      # tokens per sequence (needed by the sequence-level loss)
@@ -193,25 +383,34 @@ class Router(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.hidden: raise ValueError(f"Router expects x of shape (T, {self.hidden}), got {tuple(x.shape)}")
         logits = self.logits(x)
         if cfg.debug: _check_finite(logits)
-        scores, probs = route_scores(logits, cfg.score)
-        choice = scores if self.e_bias is None else scores.detach() + self.e_bias   # selection runs without autograd
-        ids = select_experts(choice, k, cfg.n_group, cfg.topk_group, cfg.group_score)
-        if cfg.debug: _check_ids(ids, E)
-        weights, counts, keep = gate_weights(scores, ids, cfg, logits), expert_counts(ids, E), None
+        if self._fused(logits):
+            ids, weights, counts, cf, psum = fused_route(logits, self.e_bias, cfg, bool(cfg.aux_loss_coef or cfg.global_aux_loss_coef))
+            probs = None
+        else:
+            scores, probs = route_scores(logits, cfg.score)
+            choice = scores if self.e_bias is None else scores.detach() + self.e_bias   # selection runs without autograd
+            ids = select_experts(choice, k, cfg.n_group, cfg.topk_group, cfg.group_score)
+            if cfg.debug: _check_ids(ids, E)
+            weights, counts, cf, psum = gate_weights(scores, ids, cfg, logits), expert_counts(ids, E), None, None
+        keep = None
         if cfg.capacity_factor is not None:
             keep = capacity_keep(ids, counts, capacity(x.shape[0], cfg))
             weights = weights.where(keep, 0.0)
         if self.training and self.bias_counts is not None and not recomputing(): self.bias_counts += counts
-        losses, aux = self._losses(logits, probs, ids, counts, seq_len), None
+        losses, aux = self._losses(logits, probs, ids, counts, seq_len, psum, cf), None
         for name, coef in (('aux', cfg.aux_loss_coef), ('global_aux', cfg.global_aux_loss_coef), ('seq_aux', cfg.seq_aux_loss_coef), ('z', cfg.z_loss_coef)):
             if name in losses: aux = coef * losses[name] if aux is None else aux + coef * losses[name]
         return RouterOutput(ids, weights, counts, logits.new_zeros(()) if aux is None else aux, losses, probs, keep)
 
-    def _losses(self, logits, probs, ids, counts, seq_len)->dict:
-        "The enabled losses, unweighted."
+    def _fused(self, logits)->bool:
+        "Take the fused path: `fused_ok(cfg)`, fp32 logits, on CUDA (or in the interpreter with `triton_on_cpu`)."
+        return fused_ok(self.cfg) and logits.dtype == torch.float32 and (logits.is_cuda or self.triton_on_cpu) and logits.shape[0] < 2 ** 24
+
+    def _losses(self, logits, probs, ids, counts, seq_len, psum=None, cf=None)->dict:
+        "The enabled losses, unweighted (`psum`, `cf`: probs column sums and fp32 counts when the fused path made them)."
         cfg, out, (T, k) = self.cfg, {}, ids.shape
-        if cfg.aux_loss_coef or cfg.global_aux_loss_coef: psum = probs.sum(0)   # P_e·T, shared by both balance losses
-        if cfg.aux_loss_coef: out['aux'] = _balance(psum, counts, k, T, total=T * k)  # dropless counts sum to T·k
+        if psum is None and (cfg.aux_loss_coef or cfg.global_aux_loss_coef): psum = probs.sum(0)   # P_e·T, shared by both balance losses
+        if cfg.aux_loss_coef: out['aux'] = _balance(psum, counts if cf is None else cf, k, T, total=T * k)  # dropless counts sum to T·k
         if cfg.global_aux_loss_coef: out['global_aux'] = _balance(psum, self._global_counts(counts), k, T)
         if cfg.seq_aux_loss_coef:
             if seq_len is None: raise ValueError("seq_aux_loss_coef > 0 needs seq_len (tokens per sequence) in Router.forward")
