@@ -20,6 +20,7 @@ ap.add_argument('--compile', action='store_true')
 ap.add_argument('--steps', type=int, default=3)
 ap.add_argument('--rows', type=int, default=45)
 ap.add_argument('--cpu-smoke', action='store_true')
+ap.add_argument('--cpu-rows', type=int, default=0, help='also list the ops with the most self CPU time (host overhead)')
 a = ap.parse_args()
 dev = torch.device('cpu' if a.cpu_smoke else 'cuda')
 c = Qwen3MoEConfig.preset(a.preset); B, S = BATCH[a.preset]
@@ -41,6 +42,11 @@ lines = [f"preset {a.preset} B{B}xS{S} compile={a.compile} steps={a.steps}: wall
 for e in ev[:a.rows]:
     ms = key(e) / a.steps / 1e3
     lines.append(f"{ms:8.2f} {ms / max(total, 1e-9):6.1%} {e.count // a.steps:6d}  {e.key[:150]}")
+if a.cpu_rows:
+    cev = sorted(p.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    cpu = sum(e.self_cpu_time_total for e in cev) / a.steps / 1e3
+    lines += ['', f"host: self CPU time {cpu:.1f} ms/step (profiler-inflated)", f"{'ms/step':>8} {'calls':>6}  op"]
+    lines += [f"{e.self_cpu_time_total / a.steps / 1e3:8.2f} {e.count // a.steps:6d}  {e.key[:120]}" for e in cev[:a.cpu_rows]]
 txt = '\n'.join(lines); print(txt)
 out = os.environ.get('OUT')
 if out: open(os.path.join(out, f'e2e_kernels-{a.preset}{"-compile" if a.compile else ""}.txt'), 'w').write(txt + '\n')
