@@ -6,7 +6,7 @@
 __all__ = ['expert_act', 'moe_reference', 'MoE', 'ModelOutput', 'lm_output', 'param_counts', 'MoEBlock', 'matmul_params',
            'keys_seen', 'CausalLM', 'MoEModelConfig']
 
-# %% ../nbs/05_moe.ipynb #3ac6df35
+# %% ../nbs/05_moe.ipynb #f9d343e5
 from typing import NamedTuple
 from dataclasses import dataclass
 import torch
@@ -20,7 +20,7 @@ from .core import Config, ConfigError
 from .layers import RMSNorm, SwiGLUMLP, cross_entropy, rope_cache, init_weights, check_rope_scaling
 from .checkpoint_hf import read_hf_config, load_hf, save_hf
 
-# %% ../nbs/05_moe.ipynb #6e0d7be5
+# %% ../nbs/05_moe.ipynb #9b435aef
 def expert_act(h:torch.Tensor,           # (N, 2I) first-GEMM output: [gate | up] (or interleaved)
                act:str='swiglu',         # 'swiglu' or 'swiglu_oai' (GPT-OSS)
                alpha:float=1.702,        # swiglu_oai sigmoid slope
@@ -49,7 +49,7 @@ def moe_reference(x:torch.Tensor, ids:torch.Tensor, weights:torch.Tensor, # (T, 
         y = y.index_add(0, tok, o.float() * weights[tok, slot, None].float())
     return y.to(x.dtype)
 
-# %% ../nbs/05_moe.ipynb #22283614
+# %% ../nbs/05_moe.ipynb #9663e6ea
 class MoE(nn.Module):
     "Router + dispatch + grouped expert FFN + weighted combine (+ optional gated shared experts)."
     def __init__(self, hidden:int,                # model width H
@@ -112,7 +112,7 @@ class MoE(nn.Module):
         per = sum(p[0].numel() for p in (self.w1, self.w2, self.b1, self.b2) if p is not None)
         return (self.w1.shape[0] - self.top_k * self.w1.shape[0] // self.n_experts) * per   # EP: this rank's share
 
-# %% ../nbs/05_moe.ipynb #5f1cdb8f
+# %% ../nbs/05_moe.ipynb #0c30824a
 class ModelOutput(NamedTuple):
     "What a pithtrain model returns."
     loss: torch.Tensor|None     # mean token cross-entropy, fp32 (None without labels)
@@ -136,19 +136,24 @@ def param_counts(model:nn.Module)->tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     return total, total - sum(m.inactive_params() for m in model.modules() if isinstance(m, MoE))
 
-# %% ../nbs/05_moe.ipynb #9c889952
+# %% ../nbs/05_moe.ipynb #7c3e0766
 class MoEBlock(nn.Module):
     "Pre-norm attention then a pre-norm `MoE` (or dense) MLP, each added to the residual; `-> (x, RouterOutput|None)`."
+    def attend(self, x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor # (B, S, H) and the RoPE tables
+              )->tuple[torch.Tensor, torch.Tensor]:
+        "The dense half, `x + attn(norm(x))` and the MLP's input `norm(x)`: one region for `torch.compile`."
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x, self.post_attention_layernorm(x)
+
     def forward(self, x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor # (B, S, H) and the RoPE tables
                )->tuple[torch.Tensor, RouterOutput|None]:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        h = self.post_attention_layernorm(x)
+        x, h = self.attend(x, cos, sin)
         if isinstance(self.mlp, MoE):
             y, r = self.mlp(h)
             return x + y, r
         return x + self.mlp(h), None
 
-# %% ../nbs/05_moe.ipynb #603ab3be
+# %% ../nbs/05_moe.ipynb #a3ea0899
 def matmul_params(m:nn.Module)->int:
     "Matmul weights one token passes through in `m`: its 2-D parameters, and in a `MoE` only `top_k` experts'."
     own = (m.top_k * sum(w.numel() // w.shape[0] for w in (m.w1, m.w2)) if isinstance(m, MoE)
@@ -230,7 +235,7 @@ class CausalLM(nn.Module):
         "Write a HF checkpoint directory (config from `to_hf_config`) that transformers' `from_pretrained` reads."
         return save_hf(self, path, self.hf_key_map(self.cfg), self.to_hf_config(self.cfg), dtype, max_shard_bytes)
 
-# %% ../nbs/05_moe.ipynb #a0266ca0
+# %% ../nbs/05_moe.ipynb #ed3c6379
 @dataclass
 class MoEModelConfig(Config):
     "Base of the model families' configs: their shared checks and `preset(name, **overrides)` from the class's `PRESETS`."

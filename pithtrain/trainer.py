@@ -7,7 +7,7 @@ __all__ = ['FAMILIES', 'TrainConfig', 'model_classes', 'build_model', 'prepare',
            'forward_backward', 'evaluate', 'versions', 'read_metrics', 'Metrics', 'plot_run', 'cpu_threads',
            'NonFiniteError', 'train', 'generate', 'load_model']
 
-# %% ../nbs/23_trainer.ipynb #9d18ed17
+# %% ../nbs/23_trainer.ipynb #bc6c91c7
 import dataclasses, json, math, os, platform, resource, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from .checkpoint import StopSignal, save_checkpoint, load_checkpoint, latest_che
 from .distributed import init_distributed, destroy_distributed, parallelize, clip_grad_norm_, clipped_step, reduce_metrics, all_reduce_sum
 from .checkpoint_dcp import save_dcp, load_dcp
 
-# %% ../nbs/23_trainer.ipynb #661dc066
+# %% ../nbs/23_trainer.ipynb #6a37df5d
 def _nonneg(v): return v >= 0
 
 @dataclass
@@ -73,7 +73,7 @@ class TrainConfig(Config):
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-# %% ../nbs/23_trainer.ipynb #330c0b4c
+# %% ../nbs/23_trainer.ipynb #4adf51e0
 def model_classes(family:str)->tuple:
     "(model class, config class) of a family: one explicit import each."
     if family == 'qwen3_moe': from pithtrain.qwen3_moe import Qwen3MoE as M, Qwen3MoEConfig as C
@@ -100,7 +100,7 @@ def prepare(cfg:TrainConfig)->str:
     if (Path(cfg.data)/'meta.json').is_file(): return cfg.data
     return prepare_data(cfg.data, tokenizer=cfg.tokenizer, progress=False)
 
-# %% ../nbs/23_trainer.ipynb #f1f6cf0e
+# %% ../nbs/23_trainer.ipynb #036bbce4
 def _blocks(model):
     if not isinstance(getattr(model, 'layers', None), nn.ModuleList):
         raise ConfigError(f"{type(model).__name__} has no `layers` ModuleList: activation_checkpointing/compile need one")
@@ -113,13 +113,15 @@ def checkpoint_blocks(model:nn.Module):
         fwd = b.forward
         b.forward = lambda *a, _f=fwd, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
-def compile_dense(model:nn.Module):
-    "`torch.compile` every child of each block that holds no router (the dense parts)."
+def compile_dense(model:nn.Module, **kw): # `kw`: passed to `torch.compile` (e.g. `backend`)
+    "`torch.compile` the dense parts of each block: its `attend` half when it has one, and every child that holds no router."
     for b in _blocks(model):
+        if hasattr(b, 'attend'): b.attend = torch.compile(b.attend, **kw)   # norm + attention + residual + norm: one region
         for name, ch in b.named_children():
-            if not any(hasattr(m, 'update_bias') for m in ch.modules()): ch.compile()
+            if hasattr(b, 'attend') and name in ('self_attn', 'input_layernorm', 'post_attention_layernorm'): continue
+            if not any(hasattr(m, 'update_bias') for m in ch.modules()): ch.compile(**kw)
 
-# %% ../nbs/23_trainer.ipynb #cd9465a7
+# %% ../nbs/23_trainer.ipynb #94f53d00
 def forward_backward(model:nn.Module, batches:list, # [(input_ids, labels), ...] micro-batches of one step
                      device:torch.device, amp:torch.dtype|None # autocast dtype (None: none)
                     )->tuple:
@@ -149,7 +151,7 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
     model.train(was)
     return (tot / max(n, 1)).item()
 
-# %% ../nbs/23_trainer.ipynb #7ecc35c8
+# %% ../nbs/23_trainer.ipynb #198ab4c2
 def versions()->dict:
     "Versions of Python and the packages a run depends on, the git commit of pithtrain, and the device."
     import importlib.metadata as md, subprocess
@@ -198,7 +200,7 @@ class Metrics:
         if self.wb is not None: self.wb.finish()
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/23_trainer.ipynb #4dbce5ef
+# %% ../nbs/23_trainer.ipynb #c90df601
 def plot_run(run_dir:str|Path)->list:
     "Write loss.png and expert_load.png from a run's metrics.jsonl; return the paths written."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -224,7 +226,7 @@ def plot_run(run_dir:str|Path)->list:
         fig.tight_layout(); fig.savefig(run_dir/'expert_load.png', dpi=100); plt.close(fig); out.append(run_dir/'expert_load.png')
     return out
 
-# %% ../nbs/23_trainer.ipynb #27077d7e
+# %% ../nbs/23_trainer.ipynb #04389cb3
 def cpu_threads(model:nn.Module, n:int=0)->int:
     "Set torch's CPU thread count for `model` (n=0: 1 thread under 20M parameters, else unchanged); return the old count."
     old = torch.get_num_threads()
@@ -260,7 +262,7 @@ def _setup(cfg:TrainConfig, model, loader):
         data_meta['dir'] = ddir
     return info, device, amp, run_dir, parallelize(model.to(device), info, amp or torch.float32), loader, data_meta
 
-# %% ../nbs/23_trainer.ipynb #0f32bd52
+# %% ../nbs/23_trainer.ipynb #cd28df44
 def _stats(loss, aux, gn, counts, n):
     "Window sums (device tensors) → plain numbers, in one host sync."
     vals = torch.stack([loss, aux, gn]).double().div(n).tolist()
@@ -392,7 +394,7 @@ def train(cfg:TrainConfig,              # the run's config
     say(f"done: step {step}, {wall:.1f} s, run dir {run_dir}")
     return summary
 
-# %% ../nbs/23_trainer.ipynb #3f16d4d6
+# %% ../nbs/23_trainer.ipynb #3c7886e8
 @torch.no_grad()
 def generate(model:nn.Module, tokenizer, # `encode(str)->ids`, `decode(ids)->str`, `eod_id`
              prompt:str, max_new_tokens:int=120, temperature:float=0.8, top_k:int|None=50,
