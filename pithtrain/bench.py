@@ -5,17 +5,17 @@
 # %% auto #0
 __all__ = ['BATCH', 'PEAK_FLOPS', 'COMPONENTS', 'LEVERS', 'ROW_KEYS', 'GOALS', 'flops_per_token', 'hf_config', 'time_steps',
            'time_fn', 'state_bytes', 'random_batches', 'pithtrain_step', 'hf_step', 'measure', 'profile_components',
-           'full_logits_ce', 'fp32_ce', 'clip_then_step', 'torch_router', 'fp32_residual', 'lever', 'patched',
-           'make_row', 'parse_args', 'bench_main', 'latest_results', 'plot_results', 'profile_table', 'runs_table',
-           'plot_profile']
+           'full_logits_ce', 'fp32_ce', 'clip_then_step', 'torch_router', 'bf16_weights', 'fp32_residual', 'lever',
+           'patched', 'make_row', 'parse_args', 'bench_main', 'latest_results', 'plot_results', 'profile_table',
+           'runs_table', 'plot_profile']
 
-# %% ../nbs/31_bench.ipynb #a132c5e2
+# %% ../nbs/31_bench.ipynb #18355d39
 import argparse, datetime, gc, itertools, json, os, statistics, sys, time
 from pathlib import Path
 import torch
 from .core import get_device
 
-# %% ../nbs/31_bench.ipynb #de57b560
+# %% ../nbs/31_bench.ipynb #606c0d4a
 BATCH = {'small': (8, 2048), 'qwen3-30b-a3b-6l': (4, 4096), 'tiny': (2, 64)}   # preset: (batch, seq_len)
 PEAK_FLOPS = 989e12   # H200 dense bf16 peak, the MFU denominator of hf_anchor.py
 
@@ -37,7 +37,7 @@ def hf_config(c # a `Qwen3MoEConfig`
                 norm_topk_prob=c.norm_topk_prob, max_position_embeddings=4096, output_router_logits=True,
                 router_aux_loss_coef=c.router_aux_loss_coef)
 
-# %% ../nbs/31_bench.ipynb #c4c5406e
+# %% ../nbs/31_bench.ipynb #fc876e4a
 def _mark(cuda:bool):
     if not cuda: return time.perf_counter()
     e = torch.cuda.Event(enable_timing=True); e.record()
@@ -62,7 +62,7 @@ def time_fn(fn, device:torch.device, reps:int=10, warmup:int=3)->float:
     "Median ms of `fn()` (for the component profile)."
     return time_steps(fn, reps, warmup, device)['median_ms']
 
-# %% ../nbs/31_bench.ipynb #bd92b963
+# %% ../nbs/31_bench.ipynb #49bfc581
 def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     "Bytes of parameters, gradients and optimizer state (after the optimizer's first step)."
     ps = list(model.parameters())
@@ -70,7 +70,7 @@ def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
     return dict(params=sum(nb(p) for p in ps), grads=sum(nb(p) for p in ps if p.requires_grad),
                 optimizer=sum(nb(t) for s in opt.state.values() for t in s.values() if torch.is_tensor(t)))
 
-# %% ../nbs/31_bench.ipynb #16629a01
+# %% ../nbs/31_bench.ipynb #cdfa49a8
 def random_batches(n:int, B:int, S:int, vocab:int, device, seed:int=0)->list:
     "`n` random (input_ids, labels) batches on `device`; labels = the next token (pithtrain models do not shift)."
     g = torch.Generator().manual_seed(seed)
@@ -124,7 +124,7 @@ def hf_step(c, B:int, S:int, device:torch.device)->tuple:
         opt.step(); opt.zero_grad(set_to_none=True)
     return model, opt, step
 
-# %% ../nbs/31_bench.ipynb #f43ff26d
+# %% ../nbs/31_bench.ipynb #01b85ec9
 def _free(device):
     gc.collect()
     if device.type == 'cuda': torch.cuda.empty_cache()
@@ -151,7 +151,7 @@ def measure(name:str,          # 'pithtrain', 'pithtrain+compile' or 'hf'
     del model, opt, step; _free(device)
     return out
 
-# %% ../nbs/31_bench.ipynb #fa20a5f7
+# %% ../nbs/31_bench.ipynb #a1b7b9e6
 COMPONENTS = ('attention', 'router', 'dispatch', 'experts', 'cross_entropy', 'optimizer', 'other')
 
 def _dtypes(model, B, S, device, amp):
@@ -228,7 +228,7 @@ def profile_components(model, opt, B:int, S:int, device:torch.device, step_ms:fl
                 ms={n: ms[n] for n in COMPONENTS}, share={n: ms[n] / step_ms for n in COMPONENTS},
                 tflops={n: f / (ms[n] / 1e3) / 1e12 for n, f in flops.items() if ms[n] > 0})
 
-# %% ../nbs/31_bench.ipynb #d7ffec8d
+# %% ../nbs/31_bench.ipynb #3bac4ede
 def full_logits_ce(h, w, labels, **kw):
     "Cross-entropy over the full (T, V) logits upcast to fp32, as transformers computes it."
     import torch.nn.functional as F
@@ -249,11 +249,15 @@ def torch_router(model):
     import dataclasses
     for r in model.routers(): r.cfg = dataclasses.replace(r.cfg, fused=False)
 
+def bf16_weights(model):
+    "Every parameter in bf16, as the HF anchor trains (no fp32 masters: AdamW's state is then bf16 as well)."
+    model.to(torch.bfloat16)
+
 def fp32_residual(model):
     "Cast the embedding output back to fp32: residual stream, norms and LM head inputs then fp32."
     model.embed_tokens.register_forward_hook(lambda m, a, o: o.float())
 
-LEVERS = ('flash-attention', 'fp32-ce', 'fp32-residual', 'torch-experts', 'trainer-sync', 'full-logits-ce', 'clip-pass', 'torch-router')
+LEVERS = ('flash-attention', 'fp32-ce', 'fp32-residual', 'torch-experts', 'trainer-sync', 'full-logits-ce', 'clip-pass', 'torch-router', 'bf16-weights')
 
 def lever(name:str)->dict:
     "What lever `name` changes: `patch` (module, attribute, value) while measured, `setup(model)`, `sync`."
@@ -263,7 +267,7 @@ def lever(name:str)->dict:
          'fp32-residual': dict(setup=fp32_residual),
          'torch-experts': dict(patch=(moe, 'expert_ffn', expert_ffn_grouped_mm)), 'trainer-sync': dict(sync=True),
          'full-logits-ce': dict(patch=(moe, 'cross_entropy', full_logits_ce)), 'clip-pass': dict(patch=(D, 'clipped_step', clip_then_step)),
-         'torch-router': dict(setup=torch_router)}
+         'torch-router': dict(setup=torch_router), 'bf16-weights': dict(setup=bf16_weights)}
     if name not in d: raise ValueError(f"lever {name!r} is not known; choose one of {LEVERS}")
     return dict(dict(patch=None, setup=None, sync=False), **d[name])
 
@@ -275,7 +279,7 @@ class patched:
     def __exit__(self, *exc):
         if self.patch: setattr(self.patch[0], self.patch[1], self.old)
 
-# %% ../nbs/31_bench.ipynb #f362ce2c
+# %% ../nbs/31_bench.ipynb #d953c673
 ROW_KEYS = ('preset', 'pithtrain_tokens_per_s', 'hf_tokens_per_s', 'ratio', 'pithtrain_mfu', 'pithtrain_peak_mem_gb',
             'hf_peak_mem_gb', 'pithtrain_activation_mem_gb', 'hf_activation_mem_gb')
 
@@ -309,7 +313,7 @@ def parse_args(argv:list|None=None, prog:str='pithtrain bench'):
     elif not torch.cuda.is_available(): ap.error('no CUDA device: run with --cpu-smoke to check the logic on a CPU')
     return a
 
-# %% ../nbs/31_bench.ipynb #895bea22
+# %% ../nbs/31_bench.ipynb #2f8b0d68
 def _versions()->dict:
     import importlib.metadata as md
     v = {'torch': torch.__version__}
@@ -376,7 +380,7 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
               f" | ratio {r['ratio'] or 0:.2f}x | MFU {r['pithtrain_mfu'] or 0:.1%}", flush=True)
     return res
 
-# %% ../nbs/31_bench.ipynb #185f30f5
+# %% ../nbs/31_bench.ipynb #a1f67f50
 def latest_results(d='benchmarks/results')->tuple:
     "(results, profile) dicts of the newest `e2e-DATE.json` in `d` (and its profile file), or (None, None)."
     fs = sorted(Path(d).glob('e2e-2*.json'))
