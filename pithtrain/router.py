@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['RouterConfig', 'route_scores', 'select_experts', 'gate_weights', 'expert_counts', 'capacity', 'capacity_keep',
-           'balance_loss', 'seq_aux_loss', 'z_loss', 'fused_ok', 'fused_route', 'RouterOutput', 'recomputing', 'Router',
-           'load_stats']
+           'balance_loss', 'seq_aux_loss', 'z_loss', 'fused_ok', 'fused_route', 'split_bf16', 'split_logits',
+           'split_grads', 'RouterOutput', 'recomputing', 'Router', 'load_stats']
 
-# %% ../nbs/01_router.ipynb #694c08bf
+# %% ../nbs/01_router.ipynb #fd375f6b
 import math, os
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -18,7 +18,7 @@ import torch.distributed as dist
 import triton, triton.language as tl
 from .core import positive, Config, ConfigError, choice, check
 
-# %% ../nbs/01_router.ipynb #9b3d8cbe
+# %% ../nbs/01_router.ipynb #dde2c5e2
 _nonneg = lambda v: v >= 0
 
 @dataclass
@@ -41,6 +41,7 @@ class RouterConfig(Config):
     bias_update_rate: float = check(1e-3, _nonneg, 'must be >= 0')     # u: bias step per update
     capacity_factor: float|None = check(None, lambda v: v is None or v > 0, 'must be None (dropless) or > 0')
     fused: bool = True                                                 # Triton kernels after the logits when `fused_ok` (CUDA)
+    gate_gemm: str = choice('split_bf16', 'fp32')                      # fused path, CUDA, bf16 x: gate GEMMs on bf16 tensor cores (split W) or fp32 SGEMMs
     debug: bool = False                                                # check logits/ids (syncs the host)
 
     def validate(self):
@@ -56,7 +57,7 @@ class RouterConfig(Config):
         if k > self.topk_group * (E // G):
             raise ConfigError(f"{n}.top_k = {k} > topk_group·n_experts/n_group = {self.topk_group * (E // G)}: not enough experts in the chosen groups")
 
-# %% ../nbs/01_router.ipynb #57555700
+# %% ../nbs/01_router.ipynb #d1644d02
 def route_scores(logits:torch.Tensor, # (T, E) fp32 router logits
                  score:str            # 'softmax', 'sigmoid' or 'softmax_topk'
                 )->tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +96,7 @@ def gate_weights(scores:torch.Tensor,     # (T, E) from `route_scores` (the logi
     elif cfg.norm_topk_prob: w = w / (w.sum(-1, keepdim=True) + 1e-20)
     return w if cfg.routed_scaling_factor == 1.0 else w * cfg.routed_scaling_factor
 
-# %% ../nbs/01_router.ipynb #08fd46da
+# %% ../nbs/01_router.ipynb #e6036904
 def expert_counts(ids:torch.Tensor, # (T, k) expert ids
                   n_experts:int     # E
                  )->torch.Tensor:
@@ -119,7 +120,7 @@ def capacity_keep(ids:torch.Tensor,    # (T, k) expert ids
     keep = torch.arange(flat.numel(), device=ids.device) - start[e] < cap
     return torch.empty_like(keep).scatter_(0, order, keep).view_as(ids)
 
-# %% ../nbs/01_router.ipynb #dc629b97
+# %% ../nbs/01_router.ipynb #648cde20
 def balance_loss(probs:torch.Tensor,  # (T, E) routing distribution
                  counts:torch.Tensor, # (E,) pairs per expert (this micro-batch, or the global batch)
                  k:int,               # experts per token
@@ -149,16 +150,18 @@ def z_loss(logits:torch.Tensor)->torch.Tensor:
     "Router z-loss: mean over tokens of `logsumexp(logits)²`."
     return torch.logsumexp(logits, -1).square().mean()
 
-# %% ../nbs/01_router.ipynb #e3fda409
+# %% ../nbs/01_router.ipynb #9122de15
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 _SCORES = {'softmax': 0, 'sigmoid': 1, 'softmax_topk': 2}
 _TILE = None   # (BLOCK_T, num_warps) to force, for tuning (benchmarks/router.py --sweep)
 
 def _tile(E:int)->tuple[int, int, int]:
-    "(BLOCK_T, E padded to a power of 2, num_warps): ~2K fp32 per tile on a GPU, 64 rows in the interpreter."
+    "(BLOCK_T, E padded to a power of 2, num_warps): ~8K fp32 per tile and 8 warps on a GPU (best at E = 128), 64 rows in the interpreter."
     EP2 = triton.next_power_of_2(E)
     if _TILE is not None: return _TILE[0], EP2, _TILE[1]
-    return (64, EP2, 4) if _INTERPRET else (max(1, min(64, 2048 // EP2)), EP2, 4)
+    if _INTERPRET: return 64, EP2, 4
+    BT = max(1, min(64, 8192 // EP2))
+    return BT, EP2, 8 if BT * EP2 >= 4096 else 4
 
 @triton.jit
 def _route_fwd_kernel(logits, e_bias, ids, wts, part, T, E, k, sl, scale,
@@ -234,7 +237,7 @@ def _route_fwd(logits:torch.Tensor,       # (T, E) fp32 logits, contiguous
     tot = part.sum(0)
     return ids, w, tot[:E].to(torch.int32), tot[:E], tot[E:] if psum_on else None
 
-# %% ../nbs/01_router.ipynb #6752737b
+# %% ../nbs/01_router.ipynb #04f2869f
 @triton.jit
 def _route_bwd_kernel(logits, ids, dw, dps, dl, T, E, k, sl, scale,
                       SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_DW:tl.constexpr, HAS_DPS:tl.constexpr,
@@ -301,7 +304,7 @@ def _route_bwd(logits:torch.Tensor,      # (T, E) fp32 logits of the forward
         KP2=triton.next_power_of_2(k), num_warps=warps)
     return dl
 
-# %% ../nbs/01_router.ipynb #69bc2e5c
+# %% ../nbs/01_router.ipynb #4d66904b
 class _FusedRoute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, e_bias, cfg, psum_on):
@@ -333,7 +336,112 @@ def fused_route(logits:torch.Tensor,       # (T, E) fp32 router logits
     if logits.shape[0] >= 2 ** 24: raise ValueError(f"fused_route: {logits.shape[0]} tokens; fp32 counts are exact below 2^24")
     return _FusedRoute.apply(logits.contiguous(), e_bias, cfg, psum_on)
 
-# %% ../nbs/01_router.ipynb #acd47cfe
+# %% ../nbs/01_router.ipynb #a14ba71d
+def _as(t, dt):
+    "`t` in dtype `dt`, without a `.to` call when it already is (or None)."
+    return t if t is None or t.dtype == dt else t.to(dt)
+
+def split_bf16(t:torch.Tensor # fp32 tensor
+              )->tuple[torch.Tensor, torch.Tensor]:
+    "`(hi, lo)` in bf16 with `hi + lo = t` to ~16 significant bits: `hi = bf16(t)`, `lo = bf16(t − hi)`."
+    hi = t.to(torch.bfloat16)
+    return hi, (t - hi).to(torch.bfloat16)
+
+def _mm(a:torch.Tensor, b:torch.Tensor, dt:torch.dtype)->torch.Tensor:
+    "`a·b` of bf16 matrices with fp32 accumulation, result in `dt`: cuBLAS `out_dtype` on CUDA; fp32 products elsewhere (exact for bf16)."
+    if not a.is_cuda: return torch.mm(a.float(), b.float()).to(dt)
+    return torch.mm(a, b) if dt == a.dtype else torch.mm(a, b, out_dtype=dt)
+
+def _split_weight(w:torch.Tensor # (E, H) gate weight
+                 )->torch.Tensor:
+    "(3E, H) bf16 `[W_hi; W_lo; W_hi]`: the forward GEMM takes the first 2E rows, the dX GEMM all three."
+    E = w.shape[0]
+    wb = torch.empty(3 * E, w.shape[1], dtype=torch.bfloat16, device=w.device)
+    wb[:E].copy_(w)
+    torch.sub(w, wb[:E], out=wb[E:2 * E])          # the difference is exact in fp32, rounded once on store
+    wb[2 * E:].copy_(wb[:E])
+    return wb
+
+def _split_grad(dl:torch.Tensor # (T, E) fp32 gradient of the logits
+               )->torch.Tensor:
+    "(T, 3E) bf16 `[G_hi | G_hi | G_lo]`: the dX GEMM takes all of it, the dW GEMM the last 2E columns."
+    T, E = dl.shape
+    a = torch.empty(T, 3 * E, dtype=torch.bfloat16, device=dl.device)
+    a[:, :E].copy_(dl)
+    torch.sub(dl, a[:, :E], out=a[:, 2 * E:])
+    a[:, E:2 * E].copy_(a[:, :E])
+    return a
+
+def split_logits(x:torch.Tensor,           # (T, H) bf16 tokens
+                 wb:torch.Tensor,          # (3E, H) from `_split_weight`
+                 bias:torch.Tensor|None=None # (E,) fp32 router bias
+                )->torch.Tensor:
+    "(T, E) fp32 logits `x·W_hiᵀ + x·W_loᵀ (+ b)`: one bf16 GEMM of N = 2E with fp32 output, one add."
+    E = wb.shape[0] // 3
+    y = _mm(x, wb[:2 * E].t(), torch.float32)
+    l = torch.add(y[:, :E], y[:, E:])
+    return l if bias is None else l.add_(bias)
+
+def split_grads(dl:torch.Tensor,  # (T, E) fp32 gradient of the logits
+                wb:torch.Tensor,  # (3E, H) from `_split_weight`
+                x:torch.Tensor,   # (T, H) bf16 tokens of the forward
+                dx_dtype:torch.dtype|None=None, # dtype of dX (x's by default)
+                need_dx:bool=True, need_dw:bool=True
+               )->tuple:
+    "`(dX, dW)` from split bf16 GEMMs: dX = G_hi·W_hi + G_hi·W_lo + G_lo·W_hi (one GEMM, K = 3E), dW = (G_hi + G_lo)ᵀ·x in fp32."
+    E = dl.shape[1]
+    a = _split_grad(dl)
+    dx = _mm(a, wb, dx_dtype or x.dtype) if need_dx else None
+    dw = None
+    if need_dw:
+        d = _mm(a[:, E:].t(), x, torch.float32)
+        dw = torch.add(d[:E], d[E:])
+    return dx, dw
+
+# %% ../nbs/01_router.ipynb #d54e7175
+class _FusedRouter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, e_bias, cfg, split, psum_on):
+        T, k = x.shape[0], cfg.top_k
+        if split:
+            wb = _split_weight(weight)
+            logits = split_logits(x, wb, bias)
+            xs = x
+        else:
+            xs, wb = _as(x, torch.float32), _as(weight, torch.float32)
+            logits = F.linear(xs, wb, _as(bias, torch.float32))
+        ids, w, counts, cf, psum = _route_fwd(logits, e_bias, cfg, psum_on)
+        aux = z = lse = None
+        ctx.aux_c = cfg.n_experts / max(T, 1) ** 2      # aux = E·k/T · ⟨psum, cf⟩ / (T·k)
+        if cfg.aux_loss_coef: aux = torch.dot(psum, cf) * ctx.aux_c
+        if cfg.z_loss_coef: lse = torch.logsumexp(logits, -1); z = lse.square().mean()
+        ctx.save_for_backward(xs, wb, logits, ids, cf, lse)
+        ctx.cfg, ctx.split, ctx.x_dtype, ctx.w_dtype, ctx.b_dtype = cfg, split, x.dtype, weight.dtype, None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(ids, counts, cf)
+        ctx.set_materialize_grads(False)
+        return ids, w, counts, cf, psum, aux, z
+
+    @staticmethod
+    def backward(ctx, _ids, dw, _counts, _cf, dpsum, daux, dz):
+        xs, wb, logits, ids, cf, lse = ctx.saved_tensors
+        nx, nw, nb = ctx.needs_input_grad[:3]
+        if daux is not None:                                          # d aux / d psum = aux_c · cf
+            g = cf * (daux * ctx.aux_c)
+            dpsum = g if dpsum is None else dpsum + g
+        if dw is None and dpsum is None and dz is None: return (None,) * 7
+        with torch.autocast(logits.device.type, enabled=False):
+            dl = _route_bwd(logits, ids, dw, dpsum, ctx.cfg) if dw is not None or dpsum is not None else torch.zeros_like(logits)
+            if dz is not None:                                        # z = mean lse²: dl += 2·lse·softmax(l)/T
+                dl += torch.exp(logits - lse[:, None]) * (lse * (2.0 / max(logits.shape[0], 1)) * dz)[:, None]
+            dx = dwt = db = None
+            if ctx.split: dx, dwt = split_grads(dl, wb, xs, ctx.x_dtype, nx, nw)
+            else:
+                if nx: dx = _as(dl @ wb, ctx.x_dtype)
+                if nw: dwt = dl.t() @ xs
+            if nb: db = _as(dl.sum(0), ctx.b_dtype)
+        return dx, _as(dwt, ctx.w_dtype), db, None, None, None, None
+
+# %% ../nbs/01_router.ipynb #916caeeb
 class RouterOutput(NamedTuple):
     "What a router returns for T tokens."
     ids: torch.Tensor            # (T, k) int64 chosen experts, best first
@@ -371,7 +479,7 @@ class Router(nn.Module):
         return self
 
     def logits(self, x:torch.Tensor)->torch.Tensor:
-        "(T, E) router logits in fp32 (fp64 for fp64 input, for gradcheck), also under autocast."
+        "(T, E) router logits from fp32 GEMMs (fp64 for fp64 input, for gradcheck), also under autocast; the torch path's logits."
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
         if not torch.is_autocast_enabled(x.device.type): return F.linear(_as(x, dt), _as(self.weight, dt), _as(self.bias, dt))
         with torch.autocast(x.device.type, enabled=False): return F.linear(_as(x, dt), _as(self.weight, dt), _as(self.bias, dt))
@@ -381,12 +489,16 @@ class Router(nn.Module):
                )->RouterOutput:
         cfg, E, k = self.cfg, self.cfg.n_experts, self.cfg.top_k
         if x.dim() != 2 or x.shape[1] != self.hidden: raise ValueError(f"Router expects x of shape (T, {self.hidden}), got {tuple(x.shape)}")
-        logits = self.logits(x)
-        if cfg.debug: _check_finite(logits)
-        if self._fused(logits):
-            ids, weights, counts, cf, psum = fused_route(logits, self.e_bias, cfg, bool(cfg.aux_loss_coef or cfg.global_aux_loss_coef))
-            probs = None
+        if self._fused(x):
+            split = cfg.gate_gemm == 'split_bf16' and x.dtype == torch.bfloat16 and x.is_cuda
+            args = (x, self.weight, self.bias, self.e_bias, cfg, split, bool(cfg.aux_loss_coef or cfg.global_aux_loss_coef))
+            if not torch.is_autocast_enabled(x.device.type): ids, weights, counts, cf, psum, aux, z = _FusedRouter.apply(*args)
+            else:
+                with torch.autocast(x.device.type, enabled=False): ids, weights, counts, cf, psum, aux, z = _FusedRouter.apply(*args)
+            logits, probs, fused = None, None, {'aux': aux, 'z': z}
         else:
+            logits, fused = self.logits(x), None
+            if cfg.debug: _check_finite(logits)
             scores, probs = route_scores(logits, cfg.score)
             choice = scores if self.e_bias is None else scores.detach() + self.e_bias   # selection runs without autograd
             ids = select_experts(choice, k, cfg.n_group, cfg.topk_group, cfg.group_score)
@@ -397,25 +509,25 @@ class Router(nn.Module):
             keep = capacity_keep(ids, counts, capacity(x.shape[0], cfg))
             weights = weights.where(keep, 0.0)
         if self.training and self.bias_counts is not None and not recomputing(): self.bias_counts += counts
-        losses, aux = self._losses(logits, probs, ids, counts, seq_len, psum, cf), None
+        losses, aux = self._losses(logits, probs, ids, counts, seq_len, psum, cf, fused), None
         for name, coef in (('aux', cfg.aux_loss_coef), ('global_aux', cfg.global_aux_loss_coef), ('seq_aux', cfg.seq_aux_loss_coef), ('z', cfg.z_loss_coef)):
             if name in losses: aux = coef * losses[name] if aux is None else aux + coef * losses[name]
-        return RouterOutput(ids, weights, counts, logits.new_zeros(()) if aux is None else aux, losses, probs, keep)
+        return RouterOutput(ids, weights, counts, weights.new_zeros(()) if aux is None else aux, losses, probs, keep)
 
-    def _fused(self, logits)->bool:
-        "Take the fused path: `fused_ok(cfg)`, fp32 logits, on CUDA (or in the interpreter with `triton_on_cpu`)."
-        return fused_ok(self.cfg) and logits.dtype == torch.float32 and (logits.is_cuda or self.triton_on_cpu) and logits.shape[0] < 2 ** 24
+    def _fused(self, x)->bool:
+        "Take the fused path: `fused_ok(cfg)`, fp32/bf16/fp16 tokens, on CUDA (or in the interpreter with `triton_on_cpu`)."
+        return fused_ok(self.cfg) and x.dtype != torch.float64 and (x.is_cuda or self.triton_on_cpu) and x.shape[0] < 2 ** 24
 
-    def _losses(self, logits, probs, ids, counts, seq_len, psum=None, cf=None)->dict:
-        "The enabled losses, unweighted (`psum`, `cf`: probs column sums and fp32 counts when the fused path made them)."
+    def _losses(self, logits, probs, ids, counts, seq_len, psum=None, cf=None, fused=None)->dict:
+        "The enabled losses, unweighted (`psum`: probs column sums; `fused`: the aux and z losses `_FusedRouter` computed)."
         cfg, out, (T, k) = self.cfg, {}, ids.shape
         if psum is None and (cfg.aux_loss_coef or cfg.global_aux_loss_coef): psum = probs.sum(0)   # P_e·T, shared by both balance losses
-        if cfg.aux_loss_coef: out['aux'] = _balance(psum, counts if cf is None else cf, k, T, total=T * k)  # dropless counts sum to T·k
+        if cfg.aux_loss_coef: out['aux'] = fused['aux'] if fused else _balance(psum, counts, k, T, total=T * k)  # dropless counts sum to T·k
         if cfg.global_aux_loss_coef: out['global_aux'] = _balance(psum, self._global_counts(counts), k, T)
         if cfg.seq_aux_loss_coef:
             if seq_len is None: raise ValueError("seq_aux_loss_coef > 0 needs seq_len (tokens per sequence) in Router.forward")
             out['seq_aux'] = seq_aux_loss(probs, ids, seq_len)
-        if cfg.z_loss_coef: out['z'] = z_loss(logits)
+        if cfg.z_loss_coef: out['z'] = fused['z'] if fused else z_loss(logits)
         return out
 
     def _global_counts(self, counts):
@@ -445,10 +557,6 @@ class Router(nn.Module):
         "Most pairs an expert takes for `n_tokens` tokens (None: dropless)."
         return capacity(n_tokens, self.cfg)
 
-def _as(t, dt):
-    "`t` in dtype `dt`, without a `.to` call when it already is (or None)."
-    return t if t is None or t.dtype == dt else t.to(dt)
-
 def _check_finite(logits):
     "Debug check (host sync): every logit finite."
     bad = ~torch.isfinite(logits)
@@ -460,7 +568,7 @@ def _check_ids(ids, E):
     s = ids.sort(-1).values
     if (s[:, 1:] == s[:, :-1]).any(): raise IndexError("router picked the same expert twice for a token")
 
-# %% ../nbs/01_router.ipynb #c4de31bb
+# %% ../nbs/01_router.ipynb #fa37cff6
 def load_stats(counts:torch.Tensor,            # (E,) pairs per expert (e.g. `RouterOutput.counts`)
                probs:torch.Tensor|None=None,   # (T, E) routing distribution, for the per-token entropy
                cap:int|None=None               # expert capacity, for the fraction dropped
