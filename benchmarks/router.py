@@ -5,9 +5,16 @@ variant runs forward (fp32 logits, scores, selection, weights, counts, enabled l
 `(weights·g).sum() + aux_loss` to the tokens and the gate; the FFN is the grouped_mm SwiGLU path of
 shared/reference/gpu_anchors.py (`gmm_ffn`: argsort, three grouped GEMMs, index_add), forward and backward.
 Every variant the fused Triton path can take is timed twice: `path` "fused" (the default on CUDA) and
-"torch" (`RouterConfig(fused=False)`); the others (group limit, sequence-level loss) only on "torch". A
-"gemm" row times the three fp32 gate GEMMs alone (logits, dX, dW): the floor of any router.
-Times are `triton.testing.do_bench` medians in the same run; the router should stay under 5% of the FFN.
+"torch" (`RouterConfig(fused=False)`); the others (group limit, sequence-level loss) only on "torch". The qwen3
+variant is also timed as "fused_fp32" (`gate_gemm='fp32'`: fp32 SGEMMs instead of the split bf16 GEMMs). Two
+"gemm" rows time the three gate GEMMs alone (logits, dX, dW): fp32 SGEMMs (with the bf16 -> fp32 cast of x) and
+split bf16 tensor-core GEMMs (with the splits of W and dl): the floor of a router on each.
+Two times per row, both medians in the same run: `ms`, eager `triton.testing.do_bench` (host launch overhead
+included), and `graph_ms`, the same forward+backward captured once in a torch.cuda.CUDAGraph (after warm-up,
+static inputs, grads set to None inside the captured step) and replayed, timed with CUDA events over 10
+back-to-back replays per sample (device time, L2 warm). `pct_of_ffn` and `graph_pct_of_ffn` compare them with the
+FFN's eager and graph times (the FFN's eager time when it cannot be captured: then `ffn_graph_ms` is null and
+`ffn_graph_error` says why). The router should stay under 5% of the FFN.
 
     python3 benchmarks/router.py              # GPU: benchmarks/results/router-DATE.json and $OUT/router.json
     python3 benchmarks/router.py --sweep      # also time the fused kernels' (BLOCK_T, num_warps) choices
@@ -18,7 +25,7 @@ if '--cpu-smoke' in sys.argv: os.environ.setdefault('TRITON_INTERPRET', '1')   #
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch, torch.nn.functional as F
 import pithtrain.router as router_mod
-from pithtrain.router import Router, RouterConfig, load_stats, fused_ok
+from pithtrain.router import Router, RouterConfig, load_stats, fused_ok, split_logits, split_grads, _split_weight
 from experts import gmm_ffn   # benchmarks/experts.py: the grouped_mm FFN of gpu_anchors.py
 
 def variants(E, k, seq_len):
@@ -44,6 +51,26 @@ def bench(fn, cuda):
     fn(); ts = []
     for _ in range(3):
         t = time.perf_counter(); fn(); ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+def graph_time(fn, cuda, samples=30, per=10):
+    "Median ms of one call of `fn` captured in a CUDA graph and replayed (None on CPU)."
+    if not cuda: return None
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):                    # warm-up outside the capture: autotuning, cuBLAS handles, allocator
+        for _ in range(3): fn()
+    torch.cuda.current_stream().wait_stream(s); torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g): fn()
+    g.replay(); torch.cuda.synchronize()
+    ts = []
+    for _ in range(samples):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(per): g.replay()
+        b.record(); b.synchronize()
+        ts.append(a.elapsed_time(b) / per)
+    del g; torch.cuda.synchronize()
     return statistics.median(ts)
 
 def main(argv=None):
@@ -79,19 +106,40 @@ def main(argv=None):
         for p in (x, w1, w2, w3): p.grad = None
         gmm_ffn(x, wr, idx, w1, w2, w3).backward(gy)
     res['ffn_ms'] = bench(ffn_step, cuda); save()
-    print(f"{'router':38s} {'path':6s} {'ms':>8s} {'% of FFN':>9s}   (grouped_mm FFN fwd+bwd: {res['ffn_ms']:.3f} ms)")
-    def add(row):
+    try: res['ffn_graph_ms'] = graph_time(ffn_step, cuda)
+    except Exception as e:   # e.g. a host sync inside grouped_mm's path: not capturable
+        res['ffn_graph_ms'], res['ffn_graph_error'] = None, f'{type(e).__name__}: {e}'[:300]
+        torch.cuda.synchronize()
+    save()
+    ffn_graph = res['ffn_graph_ms'] or res['ffn_ms']
+    print(f"{'router':38s} {'path':10s} {'ms':>8s} {'% of FFN':>9s} {'graph_ms':>9s} {'% of FFN':>9s}   (grouped_mm FFN fwd+bwd: "
+          f"{res['ffn_ms']:.3f} ms eager, {res['ffn_graph_ms'] if res['ffn_graph_ms'] is None else round(res['ffn_graph_ms'], 3)} ms graph)")
+    def add(row, step=None):
         row['pct_of_ffn'] = 100 * row['ms'] / res['ffn_ms']
+        try: row['graph_ms'] = graph_time(step, cuda) if step is not None else None
+        except Exception as e:
+            row['graph_ms'], row['graph_error'] = None, f'{type(e).__name__}: {e}'[:300]
+            if cuda: torch.cuda.synchronize()
+        row['graph_pct_of_ffn'] = None if row['graph_ms'] is None else 100 * row['graph_ms'] / ffn_graph
         res['rows'].append(row); save()
-        print(f"{row['router']:38s} {row['path']:6s} {row['ms']:8.3f} {row['pct_of_ffn']:8.2f}%", flush=True)
-    # the floor: the three fp32 gate GEMMs (logits, dX, dW) and the bf16 -> fp32 cast, nothing else
+        gm = '' if row['graph_ms'] is None else f"{row['graph_ms']:9.3f} {row['graph_pct_of_ffn']:8.2f}%"
+        print(f"{row['router']:38s} {row['path']:10s} {row['ms']:8.3f} {row['pct_of_ffn']:8.2f}% {gm}", flush=True)
+    # the floor: the three gate GEMMs (logits, dX, dW), nothing else: fp32 SGEMMs with the bf16 -> fp32 cast of x,
+    # and the split bf16 GEMMs with the splits of W and of the logits' gradient
     wg = (torch.randn(E, H, device=dev) * 0.02).requires_grad_()
     gl = torch.randn(T, E, device=dev)
     def gemm_step():
         x.grad = wg.grad = None
         F.linear(x.float(), wg).backward(gl)
-    add(dict(router='gate GEMMs only (floor)', path='gemm', ms=bench(gemm_step, cuda)))
-    def time_router(cfg, seq_len):
+    add(dict(router='gate GEMMs only (floor)', path='gemm', ms=bench(gemm_step, cuda)), gemm_step)
+    if x.dtype == torch.bfloat16 or not cuda:
+        xs = x.detach().bfloat16()
+        def split_step():
+            wb = _split_weight(wg.detach())
+            split_logits(xs, wb)
+            return split_grads(gl, wb, xs)
+        add(dict(router='gate GEMMs split bf16 (floor)', path='gemm', ms=bench(split_step, cuda)), split_step)
+    def time_router(cfg, seq_len, graph=False):
         r = Router(H, cfg, triton_on_cpu=not cuda).to(dev)
         def step():
             x.grad = None
@@ -102,12 +150,14 @@ def main(argv=None):
         with torch.no_grad(): o = r(x, seq_len=seq_len)
         st = load_stats(o.counts, o.probs, r.capacity(T))
         r.update_bias(); r.reset_global_counts()
-        return ms, st
+        return (ms, st, step) if graph else (ms, st)
     for name, (cfg, seq_len) in variants(E, k, S).items():
-        for path in (('fused', 'torch') if fused_ok(cfg) else ('torch',)):
-            c = cfg if path == 'fused' else cfg.replace(fused=False)
-            ms, st = time_router(c, seq_len)
-            add(dict(router=name, path=path, ms=ms, config=c.to_dict(), max_over_mean=st['max_over_mean'], dropped=st['dropped']))
+        paths = ('fused', 'torch') if fused_ok(cfg) else ('torch',)
+        if name.startswith('qwen3') and fused_ok(cfg): paths = ('fused', 'fused_fp32', 'torch')
+        for path in paths:
+            c = {'fused': cfg, 'fused_fp32': cfg.replace(gate_gemm='fp32'), 'torch': cfg.replace(fused=False)}[path]
+            ms, st, step = time_router(c, seq_len, graph=True)
+            add(dict(router=name, path=path, ms=ms, config=c.to_dict(), max_over_mean=st['max_over_mean'], dropped=st['dropped']), step)
     if a.sweep:   # the fused kernels' tile: rows per program and warps (the default is router._tile's choice)
         cfg, seq_len = variants(E, k, S)['qwen3 (softmax, renorm, aux)']
         res['sweep'] = []

@@ -1,10 +1,13 @@
 """GPU checks of the router: bf16 tokens on CUDA give the fp32 CPU result, the fused Triton path matches the torch
-path on the same GPU (Qwen3-30B-A3B shapes included), and forward+backward never syncs the host.
+path on the same GPU (Qwen3-30B-A3B shapes included), the split bf16 gate GEMMs are within 3e-5 of fp64 and pick the
+fp32 GEMMs' experts up to near-ties, the fused router captures in a CUDA graph, and forward+backward never syncs the host.
 
     python3 -m pytest -v tests/test_router_gpu.py
 """
 import pytest, torch
-from pithtrain.router import Router, RouterConfig, fused_route, fused_ok, route_scores, select_experts, gate_weights, expert_counts
+import torch.nn.functional as F
+from pithtrain.router import (Router, RouterConfig, fused_route, fused_ok, route_scores, select_experts, gate_weights, expert_counts,
+                              balance_loss, z_loss, split_logits, split_grads, _split_weight)
 
 E, K = 64, 6
 CONFIGS = {
@@ -98,6 +101,7 @@ def test_router_no_host_sync(name):
 
 FUSED = {   # every scoring, with and without renormalisation, scaling, e_bias and the balance losses
     'qwen3': dict(norm_topk_prob=True, aux_loss_coef=1e-3),
+    'qwen3_fp32_gemm': dict(norm_topk_prob=True, aux_loss_coef=1e-3, gate_gemm='fp32'),
     'olmoe_z': dict(aux_loss_coef=1e-2, z_loss_coef=1e-3),
     'sigmoid_v3': dict(score='sigmoid', norm_topk_prob=True, routed_scaling_factor=2.5, aux_free=True, global_aux_loss_coef=1e-3),
     'sigmoid_plain': dict(score='sigmoid', aux_loss_coef=1e-2),
@@ -202,3 +206,91 @@ def test_fused_route_deterministic():
         ((w * gw).sum() + psum @ gp).backward()
         runs.append((ids, w, counts, psum, l.grad))
     for a, b in zip(*runs): assert torch.equal(a, b)
+
+
+# ---- split bf16 gate GEMMs (real out_dtype GEMMs) ----
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('T,H,E', [(8192, 2048, 128), (1000, 512, 60)])
+def test_split_gate_gemms_vs_fp64(T, H, E):
+    "logits, dX (fp32 out) and dW of the split GEMMs within 3e-5 of fp64; bf16-weight logits ~100x worse."
+    torch.manual_seed(3)
+    x = torch.randn(T, H, device='cuda').bfloat16()
+    w, b, dl = 0.02 * torch.randn(E, H, device='cuda'), torch.randn(E, device='cuda'), 1e-3 * torch.randn(T, E, device='cuda')
+    wb = _split_weight(w)
+    xd, wd = x.double(), w.double()
+    ref = xd @ wd.T + b.double()
+    lg = split_logits(x, wb, b)
+    assert lg.dtype == torch.float32 and _rel(lg, ref) < 3e-5
+    dx, dw = split_grads(dl, wb, x, torch.float32)
+    assert _rel(dx, dl.double() @ wd) < 3e-5 and _rel(dw, dl.double().T @ xd) < 3e-5
+    dxb, none = split_grads(dl, wb, x, need_dw=False)
+    assert none is None and dxb.dtype == torch.bfloat16 and _rel(dxb, dl.double() @ wd) < 4e-3     # rounded once to bf16
+    assert _rel(F.linear(x, w.bfloat16()).float() + b, ref) > 30 * _rel(lg, ref)
+
+ROUTER_SPLIT = {'qwen3': dict(norm_topk_prob=True, aux_loss_coef=1e-3), 'olmoe_z': dict(aux_loss_coef=1e-2, z_loss_coef=1e-3),
+                'gpt_oss': dict(score='softmax_topk', bias=True, aux_loss_coef=1e-2),
+                'sigmoid_v3': dict(score='sigmoid', norm_topk_prob=True, routed_scaling_factor=2.5, aux_free=True, global_aux_loss_coef=1e-3)}
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('name', list(ROUTER_SPLIT))
+def test_router_split_vs_fp32_gemm_and_fp64(name):
+    "Fused router, split bf16 GEMMs against fp32 GEMMs (same ids up to near-ties) and against fp64 autograd on its own ids."
+    T, H, E, K = 8192, 2048, 128, 8
+    cfg = RouterConfig(n_experts=E, top_k=K, **ROUTER_SPLIT[name])
+    torch.manual_seed(4)
+    rs = Router(H, cfg).cuda()
+    with torch.no_grad():
+        if rs.bias is not None: rs.bias.normal_(0, 0.1)
+        if rs.e_bias is not None: rs.e_bias.normal_(0, 0.01)
+    r32 = Router(H, cfg.replace(gate_gemm='fp32')).cuda(); r32.load_state_dict(rs.state_dict())
+    x0, g = torch.randn(T, H, device='cuda').bfloat16(), torch.randn(T, K, device='cuda')
+    xs, x32 = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+    os_, o32 = _step(rs, xs, g, None), _step(r32, x32, g, None)
+    assert os_.probs is None and o32.probs is None
+    same = _same_up_to_ties(os_.ids, o32.ids, _choice(r32.logits(x0), r32))
+    i1, i2 = os_.ids.sort(-1), o32.ids.sort(-1)
+    assert _rel(os_.weights.gather(1, i1.indices)[same], o32.weights.gather(1, i2.indices)[same]) < 1e-5
+    for k in o32.losses: assert abs(os_.losses[k].item() - o32.losses[k].item()) <= 1e-4 * abs(o32.losses[k].item()) + 1e-7, k
+    # fp64 autograd through the torch pieces on the split router's ids
+    xd = x0.double().requires_grad_()
+    params = {n: p.detach().double().requires_grad_() for n, p in rs.named_parameters()}
+    ld = F.linear(xd, params['weight'], params.get('bias'))
+    sc, p = route_scores(ld, cfg.score)
+    loss = (gate_weights(sc, os_.ids, cfg, ld) * g.double()).sum()
+    if cfg.aux_loss_coef: loss = loss + cfg.aux_loss_coef * balance_loss(p, os_.counts, K, T * K)
+    if cfg.global_aux_loss_coef: loss = loss + cfg.global_aux_loss_coef * balance_loss(p, os_.counts, K)
+    if cfg.z_loss_coef: loss = loss + cfg.z_loss_coef * z_loss(ld)
+    loss.backward()
+    assert _rel(rs.weight.grad, params['weight'].grad) < 3e-5
+    if rs.bias is not None: assert _rel(rs.bias.grad, params['bias'].grad) < 3e-5
+    assert xs.grad.dtype == torch.bfloat16 and _rel(xs.grad, xd.grad) < 4e-3       # dX is rounded to bf16
+    if same.all(): assert _rel(rs.weight.grad, r32.weight.grad) < 3e-5
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('gate_gemm', ['split_bf16', 'fp32'])
+def test_fused_router_cuda_graph(gate_gemm):
+    "One fused router forward+backward captured in a CUDA graph replays to the eager result on new tokens."
+    T, H, E, K = 2048, 512, 128, 8
+    cfg = RouterConfig(n_experts=E, top_k=K, norm_topk_prob=True, aux_loss_coef=1e-3, gate_gemm=gate_gemm)
+    torch.manual_seed(5)
+    r = Router(H, cfg).cuda()
+    x = torch.randn(T, H, device='cuda', dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(T, K, device='cuda')
+    out = {}
+    def step():
+        x.grad = None; r.weight.grad = None
+        o = _step(r, x, g, None)
+        out.update(ids=o.ids, w=o.weights, aux=o.aux_loss, gx=x.grad, gw=r.weight.grad)
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3): step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph): step()
+    with torch.no_grad(): x.copy_(torch.randn_like(x))
+    graph.replay(); torch.cuda.synchronize()
+    got = {k: v.clone() for k, v in out.items()}
+    step()
+    assert torch.equal(got['ids'], out['ids'])
+    for k in ('w', 'aux', 'gx', 'gw'): assert _rel(got[k], out[k]) < 1e-6, k
