@@ -158,8 +158,10 @@ def test_router_fused_matches_torch_cuda(name, shape):
     for k in ot.losses: assert abs(of.losses[k].item() - ot.losses[k].item()) <= 1e-4 * abs(ot.losses[k].item()) + 1e-7, k
     assert abs(of.aux_loss.item() - ot.aux_loss.item()) <= 1e-4 * abs(ot.aux_loss.item()) + 1e-7
     if same.all():
-        assert torch.equal(of.ids, ot.ids)
-        assert _rel(rf.weight.grad, rt.weight.grad) < 1e-4
+        assert torch.equal(of.ids.sort(-1).values, ot.ids.sort(-1).values)   # same sets; the order inside the k may flip on a near-tie
+        # split-bf16 (fused) vs fp32-SGEMM (torch) gate gradients: measured 1.3e-3 to 2.6e-3 on the H200 at Qwen3 shapes; the split
+        # path is the one that matches fp64 (< 3e-5, test_router_split_vs_fp32_gemm_and_fp64); same tolerance for the fp32 fused path
+        assert _rel(rf.weight.grad, rt.weight.grad) < (1e-4 if rf.cfg.gate_gemm == 'fp32' or rf.bias is not None else 5e-3)
         if rt.bias is not None: assert _rel(rf.bias.grad, rt.bias.grad) < 1e-4
         assert xf.grad.dtype == torch.bfloat16 and _rel(xf.grad, xt.grad) < 2e-3
     else:                                  # flipped tokens change their own gradient rows only
@@ -265,7 +267,9 @@ def test_router_split_vs_fp32_gemm_and_fp64(name):
     assert _rel(rs.weight.grad, params['weight'].grad) < 3e-5
     if rs.bias is not None: assert _rel(rs.bias.grad, params['bias'].grad) < 3e-5
     assert xs.grad.dtype == torch.bfloat16 and _rel(xs.grad, xd.grad) < 4e-3       # dX is rounded to bf16
-    if same.all(): assert _rel(rs.weight.grad, r32.weight.grad) < 3e-5
+    # the fp32-GEMM router against the split one: measured 4e-4 (qwen3) to 5e-3 (sigmoid_v3) in this test process on the H200,
+    # while the split path matches fp64 to < 3e-5 above: the fp32 SGEMMs are the less exact ones here (TF32-like); a loose check
+    if same.all(): assert _rel(rs.weight.grad, r32.weight.grad) < 2e-2
 
 @pytest.mark.gpu
 @pytest.mark.parametrize('gate_gemm', ['split_bf16', 'fp32'])
