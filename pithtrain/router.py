@@ -7,7 +7,7 @@ __all__ = ['RouterConfig', 'route_scores', 'select_experts', 'gate_weights', 'ex
            'balance_loss', 'seq_aux_loss', 'z_loss', 'fused_ok', 'fused_route', 'split_bf16', 'split_logits',
            'split_grads', 'RouterOutput', 'recomputing', 'Router', 'load_stats']
 
-# %% ../nbs/01_router.ipynb #8ea1c94f
+# %% ../nbs/01_router.ipynb #16315b60
 import math, os
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -18,7 +18,7 @@ import torch.distributed as dist
 import triton, triton.language as tl
 from .core import positive, Config, ConfigError, choice, check
 
-# %% ../nbs/01_router.ipynb #14f3e110
+# %% ../nbs/01_router.ipynb #6b221571
 _nonneg = lambda v: v >= 0
 
 @dataclass
@@ -57,7 +57,7 @@ class RouterConfig(Config):
         if k > self.topk_group * (E // G):
             raise ConfigError(f"{n}.top_k = {k} > topk_group·n_experts/n_group = {self.topk_group * (E // G)}: not enough experts in the chosen groups")
 
-# %% ../nbs/01_router.ipynb #8f4ba574
+# %% ../nbs/01_router.ipynb #fa5c4acf
 def route_scores(logits:torch.Tensor, # (T, E) fp32 router logits
                  score:str            # 'softmax', 'sigmoid' or 'softmax_topk'
                 )->tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +96,7 @@ def gate_weights(scores:torch.Tensor,     # (T, E) from `route_scores` (the logi
     elif cfg.norm_topk_prob: w = w / (w.sum(-1, keepdim=True) + 1e-20)
     return w if cfg.routed_scaling_factor == 1.0 else w * cfg.routed_scaling_factor
 
-# %% ../nbs/01_router.ipynb #96b58c00
+# %% ../nbs/01_router.ipynb #de79c85b
 def expert_counts(ids:torch.Tensor, # (T, k) expert ids
                   n_experts:int     # E
                  )->torch.Tensor:
@@ -120,7 +120,7 @@ def capacity_keep(ids:torch.Tensor,    # (T, k) expert ids
     keep = torch.arange(flat.numel(), device=ids.device) - start[e] < cap
     return torch.empty_like(keep).scatter_(0, order, keep).view_as(ids)
 
-# %% ../nbs/01_router.ipynb #c2bffaa1
+# %% ../nbs/01_router.ipynb #54631172
 def balance_loss(probs:torch.Tensor,  # (T, E) routing distribution
                  counts:torch.Tensor, # (E,) pairs per expert (this micro-batch, or the global batch)
                  k:int,               # experts per token
@@ -150,7 +150,7 @@ def z_loss(logits:torch.Tensor)->torch.Tensor:
     "Router z-loss: mean over tokens of `logsumexp(logits)²`."
     return torch.logsumexp(logits, -1).square().mean()
 
-# %% ../nbs/01_router.ipynb #f96c655c
+# %% ../nbs/01_router.ipynb #86be5543
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 _SCORES = {'softmax': 0, 'sigmoid': 1, 'softmax_topk': 2}
 _TILE = None   # (BLOCK_T, num_warps) to force, for tuning (benchmarks/router.py --sweep)
@@ -237,7 +237,7 @@ def _route_fwd(logits:torch.Tensor,       # (T, E) fp32 logits, contiguous
     tot = part.sum(0)
     return ids, w, tot[:E].to(torch.int32), tot[:E], tot[E:] if psum_on else None
 
-# %% ../nbs/01_router.ipynb #8767bfbb
+# %% ../nbs/01_router.ipynb #0fec1dec
 @triton.jit
 def _route_bwd_kernel(logits, ids, dw, dps, dl, T, E, k, sl, scale,
                       SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_DW:tl.constexpr, HAS_DPS:tl.constexpr,
@@ -304,7 +304,7 @@ def _route_bwd(logits:torch.Tensor,      # (T, E) fp32 logits of the forward
         KP2=triton.next_power_of_2(k), num_warps=warps)
     return dl
 
-# %% ../nbs/01_router.ipynb #ecc0429d
+# %% ../nbs/01_router.ipynb #9a8c82a6
 class _FusedRoute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, e_bias, cfg, psum_on):
@@ -336,7 +336,7 @@ def fused_route(logits:torch.Tensor,       # (T, E) fp32 router logits
     if logits.shape[0] >= 2 ** 24: raise ValueError(f"fused_route: {logits.shape[0]} tokens; fp32 counts are exact below 2^24")
     return _FusedRoute.apply(logits.contiguous(), e_bias, cfg, psum_on)
 
-# %% ../nbs/01_router.ipynb #14b94505
+# %% ../nbs/01_router.ipynb #6899bf74
 def _as(t, dt):
     "`t` in dtype `dt`, without a `.to` call when it already is (or None)."
     return t if t is None or t.dtype == dt else t.to(dt)
@@ -398,7 +398,7 @@ def split_grads(dl:torch.Tensor,  # (T, E) fp32 gradient of the logits
         dw = torch.add(d[:E], d[E:])
     return dx, dw
 
-# %% ../nbs/01_router.ipynb #7455a528
+# %% ../nbs/01_router.ipynb #d1a9c8c3
 class _FusedRouter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, e_bias, cfg, split, psum_on):
@@ -441,7 +441,7 @@ class _FusedRouter(torch.autograd.Function):
             if nb: db = _as(dl.sum(0), ctx.b_dtype)
         return dx, _as(dwt, ctx.w_dtype), db, None, None, None, None
 
-# %% ../nbs/01_router.ipynb #ef69873f
+# %% ../nbs/01_router.ipynb #1c97d14b
 class RouterOutput(NamedTuple):
     "What a router returns for T tokens."
     ids: torch.Tensor            # (T, k) int64 chosen experts, best first
@@ -568,7 +568,7 @@ def _check_ids(ids, E):
     s = ids.sort(-1).values
     if (s[:, 1:] == s[:, :-1]).any(): raise IndexError("router picked the same expert twice for a token")
 
-# %% ../nbs/01_router.ipynb #f7f8c113
+# %% ../nbs/01_router.ipynb #f4fbb04c
 def load_stats(counts:torch.Tensor,            # (E,) pairs per expert (e.g. `RouterOutput.counts`)
                probs:torch.Tensor|None=None,   # (T, E) routing distribution, for the per-token entropy
                cap:int|None=None               # expert capacity, for the fraction dropped
