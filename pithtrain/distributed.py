@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['EXPERT_PARAMS', 'check_parallel', 'DistInfo', 'init_distributed', 'destroy_distributed', 'free_port',
            'set_torchrun_env', 'spawn', 'expert_holders', 'is_expert_param', 'split_experts', 'mp_policy',
-           'shard_model', 'parallelize', 'clip_grad_norm_', 'fused_adam', 'clipped_step', 'per_matrix', 'local_batch',
-           'reduce_metrics', 'all_reduce_sum', 'torchrun_command', 'relaunch']
+           'shard_model', 'parallelize', 'clip_coef', 'scale_grads_', 'clip_grad_norm_', 'fused_adam', 'clipped_step',
+           'per_matrix', 'local_batch', 'reduce_metrics', 'all_reduce_sum', 'torchrun_command', 'relaunch']
 
-# %% ../nbs/24_distributed.ipynb #a1f7341f
+# %% ../nbs/24_distributed.ipynb #5156ed51
 import os, sys, socket, datetime, tempfile, subprocess, faulthandler
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.distributed as dist
@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
 from .core import get_device, get_dtype
 from .router import Router
 
-# %% ../nbs/24_distributed.ipynb #a866d0f1
+# %% ../nbs/24_distributed.ipynb #8296fac3
 def check_parallel(world:int,             # number of processes
                    ep:int=1,              # expert-parallel degree
                    n_experts:int|None=None # routed experts per MoE layer (None: not checked)
@@ -31,7 +31,7 @@ def check_parallel(world:int,             # number of processes
         raise ValueError(f"n_experts={n_experts} is not divisible by ep={ep}: every EP rank holds n_experts/ep whole experts")
     return world // ep
 
-# %% ../nbs/24_distributed.ipynb #967f500f
+# %% ../nbs/24_distributed.ipynb #e38123ed
 @dataclass
 class DistInfo:
     "Where this process sits: rank, world size and the `(dp, ep)` mesh (None in a plain single process)."
@@ -59,7 +59,7 @@ class DistInfo:
     @property
     def dp_group(self): return self.mesh['dp'].get_group() if self.distributed else None
 
-# %% ../nbs/24_distributed.ipynb #c2487170
+# %% ../nbs/24_distributed.ipynb #377b0014
 def init_distributed(ep:int=1,                 # expert-parallel degree (a divisor of the world size)
                      n_experts:int|None=None,  # routed experts per layer, checked against `ep`
                      device:str|None=None,     # 'cuda', 'cpu' or None (CUDA when present)
@@ -89,7 +89,7 @@ def destroy_distributed(info:DistInfo|None=None, barrier:bool=True):
     if barrier: dist.barrier()   # without it a fast rank's teardown can abort a slow one ('terminate called...', SIGABRT)
     dist.destroy_process_group()
 
-# %% ../nbs/24_distributed.ipynb #0a64299e
+# %% ../nbs/24_distributed.ipynb #b6476773
 def free_port()->int:
     "A free TCP port on this machine (for MASTER_PORT)."
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -99,7 +99,7 @@ def set_torchrun_env(rank:int, world:int, port:int, local_rank:int|None=None):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank if local_rank is None else local_rank),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
 
-# %% ../nbs/24_distributed.ipynb #dccf854e
+# %% ../nbs/24_distributed.ipynb #1bf114fb
 def _spawn_entry(i, world, port, fn, args, out):
     faulthandler.enable()   # a crash in a rank prints its Python stack
     set_torchrun_env(i, world, port); torch.set_num_threads(1)
@@ -117,7 +117,7 @@ def spawn(fn,         # importable function run on every rank; it calls `init_di
         mp.spawn(_spawn_entry, args=(world, free_port(), fn, args, out), nprocs=world, join=True)
         return [torch.load(os.path.join(out, f'rank{i}.pt'), weights_only=False) for i in range(world)]
 
-# %% ../nbs/24_distributed.ipynb #422c44b0
+# %% ../nbs/24_distributed.ipynb #ed76c51d
 EXPERT_PARAMS = ('w1', 'w2', 'b1', 'b2')
 
 def expert_holders(model:nn.Module)->list[tuple[str, nn.Module]]:
@@ -148,7 +148,7 @@ def split_experts(model:nn.Module, info:DistInfo)->nn.Module:
         m.ep_group, m.expert_offset = info.ep_group, info.ep_rank * El     # what `MoE.forward` reads
     return model
 
-# %% ../nbs/24_distributed.ipynb #20bb9c3e
+# %% ../nbs/24_distributed.ipynb #0c4c6df8
 def mp_policy(device:torch.device|str|None=None, # decides the default compute dtype
               dtype:str|torch.dtype|None=None    # compute dtype; None: bf16 on CUDA, fp32 on CPU
              )->MixedPrecisionPolicy:
@@ -180,7 +180,7 @@ def shard_model(model:nn.Module,               # built whole (and cut by `split_
     for b in _blocks(model): fully_shard(b, mesh=info.flat, **kw)
     return fully_shard(model, mesh=info.flat, **kw)
 
-# %% ../nbs/24_distributed.ipynb #9c97259c
+# %% ../nbs/24_distributed.ipynb #7a83fd72
 def parallelize(model:nn.Module,                 # built whole, the same on every rank (same seed)
                 info:DistInfo,                   # from `init_distributed`
                 dtype:str|torch.dtype|None=None  # compute dtype of the gathered parameters
@@ -192,7 +192,21 @@ def parallelize(model:nn.Module,                 # built whole, the same on ever
         if isinstance(m, Router): m.group = info.group
     return shard_model(model, info, dtype)
 
-# %% ../nbs/24_distributed.ipynb #a21c2858
+# %% ../nbs/24_distributed.ipynb #a266f761
+def clip_coef(norm:torch.Tensor, # 0-d global gradient norm
+              max_norm:float     # the norm to clip to
+             )->torch.Tensor:
+    "`min(1, max_norm / (norm + 1e-6))` (fp32, 0-d): what clipping multiplies the gradients by."
+    return (max_norm / (norm.float() + 1e-6)).clamp(max=1.0)
+
+@torch.no_grad()
+def scale_grads_(grads:list,          # gradients, plain or FSDP2 DTensors
+                 coef:torch.Tensor    # 0-d factor
+                ):
+    "Multiply the gradients (a DTensor's local shard) in place by `coef`, in one foreach call."
+    local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    if local: torch._foreach_mul_(local, coef.to(local[0].dtype))
+
 @torch.no_grad()
 def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors on any 1-D mesh)
                     max_norm:float,      # clip to this global L2 norm; <= 0 or inf: only measure
@@ -213,10 +227,10 @@ def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors o
         if dist.is_initialized(): dist.all_reduce(sq)
     if plain: sq = sq + sq_of(plain)
     norm = sq.sqrt()
-    if 0 < max_norm < float('inf'): torch._foreach_mul_(local, (max_norm / (norm + 1e-6)).clamp(max=1.0).to(local[0].dtype))
+    if 0 < max_norm < float('inf'): scale_grads_(grads, clip_coef(norm, max_norm))
     return norm
 
-# %% ../nbs/24_distributed.ipynb #240f96c2
+# %% ../nbs/24_distributed.ipynb #a747696d
 def fused_adam(opt)->bool:
     "True for torch's fused Adam/AdamW, whose kernel can divide the gradients by a device scalar as it reads them."
     return isinstance(opt, torch.optim.Adam) and bool(opt.defaults.get('fused'))
@@ -229,17 +243,15 @@ def clipped_step(opt:torch.optim.Optimizer, # the optimizer to step
                 ):
     "`opt.step()` on gradients clipped to `max_norm`: in the fused AdamW kernel when possible, else a foreach multiply first."
     if not 0 < max_norm < float('inf'): return opt.step()
-    div = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)   # grads / div = grads · min(1, max_norm / (norm + 1e-6))
-    grads = [p.grad for p in params if p.grad is not None]
+    coef, grads = clip_coef(norm, max_norm), [p.grad for p in params if p.grad is not None]
     if fused_adam(opt) and not any(isinstance(g, DTensor) for g in grads):
-        opt.grad_scale = div   # read by torch's fused Adam step (getattr(self, 'grad_scale', None))
+        opt.grad_scale = coef.reciprocal()   # the kernel divides by it; read by torch's fused Adam step (getattr(self, 'grad_scale', None))
         try: return opt.step()
         finally: del opt.grad_scale
-    local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
-    if local: torch._foreach_mul_(local, div.reciprocal().to(local[0].dtype))
+    scale_grads_(grads, coef)
     return opt.step()
 
-# %% ../nbs/24_distributed.ipynb #23b3093e
+# %% ../nbs/24_distributed.ipynb #252d56c5
 def per_matrix(fn,             # maps a matrix (or a batch of matrices, leading dims) to one of the same shape
                g:torch.Tensor  # plain tensor or FSDP2 DTensor (Shard(0) on a 1-D mesh)
               )->torch.Tensor:
@@ -249,7 +261,7 @@ def per_matrix(fn,             # maps a matrix (or a batch of matrices, leading 
     else: local = distribute_tensor(fn(g.full_tensor()), g.device_mesh, g.placements, src_data_rank=None).to_local()
     return DTensor.from_local(local, g.device_mesh, g.placements, shape=g.shape, stride=g.stride(), run_check=False)
 
-# %% ../nbs/24_distributed.ipynb #b1258571
+# %% ../nbs/24_distributed.ipynb #8eaecb1e
 def local_batch(x:torch.Tensor, info:DistInfo)->torch.Tensor:
     "This rank's contiguous slice (dim 0) of a global batch; the batch must split evenly."
     if x.shape[0] % info.world: raise ValueError(f"global batch of {x.shape[0]} rows does not split over {info.world} ranks: use a multiple of {info.world}")
@@ -273,7 +285,7 @@ def all_reduce_sum(t:torch.Tensor, info:DistInfo)->torch.Tensor:
     if info.distributed: t = t.clone(); dist.all_reduce(t)
     return t
 
-# %% ../nbs/24_distributed.ipynb #94237ccc
+# %% ../nbs/24_distributed.ipynb #63fe53a6
 def torchrun_command(nproc:int,                 # processes on this machine (one per GPU)
                      args:list,                 # the module's own arguments, e.g. ['train', '--ep', '2']
                      module:str='pithtrain.cli' # run as `python -m module`
