@@ -164,16 +164,21 @@ def _tile(E:int)->tuple[int, int, int]:
     return BT, EP2, 8 if BT * EP2 >= 4096 else 4
 
 @triton.jit
-def _route_fwd_kernel(logits, e_bias, ids, wts, part, T, E, k, sl, scale,
-                      SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_BIAS:tl.constexpr, PSUM:tl.constexpr,
-                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr):
-    pid = tl.program_id(0)
+def _row_tile(logits, pid, T, E, sl, BT:tl.constexpr, EP2:tl.constexpr):
+    "Program `pid`'s BT rows of the (T, E) logits, padded to EP2 columns with -inf: `(rvalid, r64, cols, cvalid, l)`."
     rows = pid * BT + tl.arange(0, BT)
-    rvalid = rows < T
     r64 = tl.minimum(rows, T - 1).to(tl.int64)        # rows past T re-read the last row; their results are masked
     cols = tl.arange(0, EP2)
     cvalid = cols < E
     l = tl.load(logits + r64[:, None] * sl + cols[None, :], mask=cvalid[None, :], other=float('-inf'))
+    return rows < T, r64, cols, cvalid, l
+
+@triton.jit
+def _route_fwd_kernel(logits, e_bias, ids, wts, part, T, E, k, sl, scale,
+                      SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_BIAS:tl.constexpr, PSUM:tl.constexpr,
+                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr):
+    pid = tl.program_id(0)
+    rvalid, r64, cols, cvalid, l = _row_tile(logits, pid, T, E, sl, BT, EP2)
     if SCORE == 1:
         s = tl.sigmoid(l)                              # padding: σ(-inf) = 0
         p = s / tl.sum(s, 1)[:, None]
@@ -242,13 +247,7 @@ def _route_fwd(logits:torch.Tensor,       # (T, E) fp32 logits, contiguous
 def _route_bwd_kernel(logits, ids, dw, dps, dl, T, E, k, sl, scale,
                       SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_DW:tl.constexpr, HAS_DPS:tl.constexpr,
                       BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BT + tl.arange(0, BT)
-    rvalid = rows < T
-    r64 = tl.minimum(rows, T - 1).to(tl.int64)
-    cols = tl.arange(0, EP2)
-    cvalid = cols < E
-    l = tl.load(logits + r64[:, None] * sl + cols[None, :], mask=cvalid[None, :], other=float('-inf'))
+    rvalid, r64, cols, cvalid, l = _row_tile(logits, tl.program_id(0), T, E, sl, BT, EP2)
     if SCORE == 1:
         s = tl.sigmoid(l)
         S = tl.sum(s, 1)[:, None]
