@@ -244,7 +244,7 @@ def clipped_step(opt:torch.optim.Optimizer, # the optimizer to step
     "`opt.step()` on gradients clipped to `max_norm`: in the fused AdamW kernel when possible, else a foreach multiply first."
     if not 0 < max_norm < float('inf'): return opt.step()
     coef, grads = clip_coef(norm, max_norm), [p.grad for p in params if p.grad is not None]
-    if fused_adam(opt) and not any(isinstance(g, DTensor) for g in grads):
+    if getattr(opt, 'takes_grad_scale', False) or (fused_adam(opt) and not any(isinstance(g, DTensor) for g in grads)):
         opt.grad_scale = coef.reciprocal()   # the kernel divides by it; read by torch's fused Adam step (getattr(self, 'grad_scale', None))
         try: return opt.step()
         finally: del opt.grad_scale

@@ -9,6 +9,7 @@ __all__ = ['ACTS', 'split_gate_up', 'swiglu', 'expert_ffn_reference', 'expert_ff
 import os
 import torch, torch.nn.functional as F
 import triton, triton.language as tl
+from .core import compute_weight
 
 # %% ../nbs/03_experts.ipynb #d0e8bc4d
 ACTS = ('swiglu', 'swiglu_oai')
@@ -324,7 +325,7 @@ class _ExpertFFN(torch.autograd.Function):
     def forward(ctx, x, token_idx, offsets, inv, w1, w2, b1, b2, dt, oai, inter, alpha, limit):
         E, H, I2 = w1.shape
         I, N = I2 // 2, token_idx.numel()
-        xc, w1c, w2c = x.to(dt).contiguous(), w1.to(dt), w2.to(dt)
+        xc, w1c, w2c = x.to(dt).contiguous(), compute_weight(w1, dt), compute_weight(w2, dt)   # the optimizer's copies when current
         b1c, b2c = (b.contiguous() if b is not None else None for b in (b1, b2))
         h = torch.empty(N, I, device=x.device, dtype=dt)
         gu = torch.empty(N, I2, device=x.device, dtype=dt)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import triton, triton.language as tl
+from .core import compute_weight
 
 # %% ../nbs/04_layers.ipynb #8b7c0f1b
 class RMSNorm(nn.Module):
@@ -328,7 +329,7 @@ class _FusedCE(torch.autograd.Function):
         ok = labels != -100
         denom = ok.sum().clamp_min(1).float() if reduction == 'mean' else torch.ones((), device=dev)
         scale = denom.reciprocal()
-        hc, wc = h.to(dt), w.to(dt)   # the matmul inputs: bf16 under autocast (cuBLAS accumulates in fp32)
+        hc, wc = h.to(dt), compute_weight(w, dt)   # bf16 under autocast (the optimizer's copy when current); fp32 accumulation
         loss = torch.empty(T, dtype=torch.float32, device=dev)
         one = 0 < T <= chunk
         dh = torch.empty(h.shape, dtype=h.dtype, device=dev) if need_h else None

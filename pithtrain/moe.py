@@ -16,7 +16,7 @@ from .router import Router, RouterConfig, RouterOutput
 from .dispatch import make_plan, combine
 from .dispatch_ep import ep_dispatch, ep_combine
 from .experts import expert_ffn, expert_ffn_grouped_mm
-from .core import Config, ConfigError
+from .core import Config, ConfigError, keep_compute_copy
 from .layers import RMSNorm, SwiGLUMLP, cross_entropy, rope_cache, init_weights, check_rope_scaling
 from .checkpoint_hf import read_hf_config, load_hf, save_hf
 
@@ -79,6 +79,7 @@ class MoE(nn.Module):
         self.router = Router(hidden, router)
         self.w1 = nn.Parameter(torch.empty(E, hidden, 2 * intermediate).normal_(0, 0.02))
         self.w2 = nn.Parameter(torch.empty(E, intermediate, hidden).normal_(0, 0.02))
+        for w in (self.w1, self.w2): keep_compute_copy(w)   # the Triton path reads the optimizer's bf16 copies
         self.b1 = nn.Parameter(torch.zeros(E, 2 * intermediate)) if bias else None
         self.b2 = nn.Parameter(torch.zeros(E, hidden)) if bias else None
         self.shared = SwiGLUMLP(hidden, shared_intermediate) if shared_intermediate else None
@@ -176,6 +177,7 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(self.block(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        keep_compute_copy(self.head_weight())   # the fused cross-entropy reads the optimizer's bf16 copy
         self.reset_parameters()
 
     def reset_parameters(self):
