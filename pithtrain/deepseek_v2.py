@@ -98,10 +98,7 @@ class DeepseekV2(CausalLM):
     "DeepSeek-V2 causal LM: `model(input_ids, labels=None) -> ModelOutput`."
     block = DeepseekV2Block
 
-    def rope(self, seq_len:int, device)->tuple[torch.Tensor, torch.Tensor]:
-        "The (cos, sin) RoPE tables of the `qk_rope_head_dim` rotated channels."
-        c = self.cfg
-        return rope_cache(seq_len, c.qk_rope_head_dim, c.rope_theta, c.rope_scaling, device=device)
+    def rope_dim(self)->int: return self.cfg.qk_rope_head_dim   # MLA rotates only these channels of each head
 
     def score_width(self, i:int)->int: return self.cfg.num_attention_heads * (self.cfg.qk_head_dim + self.cfg.v_head_dim)
 

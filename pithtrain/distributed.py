@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
-from .core import get_device, get_dtype
+from .core import get_device, get_dtype, noted_sq_norm
 from .router import Router
 
 # %% ../nbs/24_distributed.ipynb #8296fac3
@@ -213,7 +213,8 @@ def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors o
                     info:DistInfo|None=None # unused by the math; kept for a uniform call site
                    )->torch.Tensor:
     "Clip gradients in place to a global L2 norm over every rank's shards; return the norm before clipping."
-    grads = [p.grad for p in params if p.grad is not None]
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
     if not grads: return torch.zeros(())
     for g in grads:
         if isinstance(g, DTensor) and not all(isinstance(pl, Shard) for pl in g.placements):
@@ -225,6 +226,9 @@ def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors o
     if shards:
         sq = sq + sq_of(shards)
         if dist.is_initialized(): dist.all_reduce(sq)
+    noted = [noted_sq_norm(p) for p in params if not isinstance(p.grad, DTensor)]   # from the kernel that wrote it (expert wgrad)
+    if any(n is not None for n in noted): sq = sq + torch.stack([n for n in noted if n is not None]).sum()
+    plain = [g for g, n in zip(plain, noted) if n is None]
     if plain: sq = sq + sq_of(plain)
     norm = sq.sqrt()
     if 0 < max_norm < float('inf'): scale_grads_(grads, clip_coef(norm, max_norm))

@@ -9,7 +9,7 @@ __all__ = ['ACTS', 'split_gate_up', 'swiglu', 'expert_ffn_reference', 'expert_ff
 import os
 import torch, torch.nn.functional as F
 import triton, triton.language as tl
-from .core import compute_weight
+from .core import compute_weight, note_sq_norm
 
 # %% ../nbs/03_experts.ipynb #d0e8bc4d
 ACTS = ('swiglu', 'swiglu_oai')
@@ -209,10 +209,10 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
 
 # %% ../nbs/03_experts.ipynb #8205774a
 @triton.jit
-def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
-                  GATHER:tl.constexpr, HAS_BIAS:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr,
+def _wgrad_kernel(a, tok, b, offs, dw, db, sq, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
+                  GATHER:tl.constexpr, HAS_BIAS:tl.constexpr, SQ:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr,
                   EVEN_M:tl.constexpr, EVEN_N:tl.constexpr, TA:tl.constexpr):
-    "dw[e] = a[rows of e]ᵀ @ b[rows of e] (db[e] = column sums of b) for every expert, empty ones zero."
+    "dw[e] = a[rows of e]ᵀ @ b[rows of e] (db[e] = column sums of b) for every expert, empty ones zero; sq[program] = Σ tile²."
     pid = tl.program_id(0)
     nm, nn = tl.cdiv(KO, BM), tl.cdiv(NO, BN)
     e, t = pid // (nm * nn), pid % (nm * nn)
@@ -237,7 +237,11 @@ def _wgrad_kernel(a, tok, b, offs, dw, db, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e,
         if HAS_BIAS: dbacc += tl.sum(bt.to(tl.float32), 0)
     nmask = rn < NO
     dwe = dw + e.to(tl.int64) * sw_e
-    tl.store(dwe + rk[:, None] * sw_k + rn[None, :] * sw_n, acc.to(dw.dtype.element_ty), mask=(rk < KO)[:, None] & nmask[None, :])
+    out, omask = acc.to(dw.dtype.element_ty), (rk < KO)[:, None] & nmask[None, :]
+    tl.store(dwe + rk[:, None] * sw_k + rn[None, :] * sw_n, out, mask=omask)
+    if SQ:   # the stored tile's sum of squares, for the gradient norm (one slot per program: a deterministic sum later)
+        v = tl.where(omask, out.to(tl.float32), 0.0)
+        tl.store(sq + pid, tl.sum(tl.sum(v * v, 1), 0))
     if HAS_BIAS: tl.store(db + e * NO + rn, dbacc.to(db.dtype.element_ty), mask=nmask & (pm == 0))
 
 # %% ../nbs/03_experts.ipynb #8f4fcbda
@@ -310,13 +314,19 @@ def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=Fa
                EP2=triton.next_power_of_2(E), MB=_mb(N))
     return c
 
-def _wgrad(a, tok, b, offs, dw, db):
-    "dw[e] = a[rows of e]ᵀ b[rows of e] (a read through tok when given); db[e] = column sums of b."
+def _sq_slots(dw)->torch.Tensor:
+    "Zeroed fp32 slots for `_wgrad`'s per-program sums of squares: enough for its smallest tiles."
+    E, KO, NO = dw.shape
+    bm, bn = min(c.kwargs['BM'] for c in _wg.configs), min(c.kwargs['BN'] for c in _wg.configs)
+    return torch.zeros(E * triton.cdiv(KO, bm) * triton.cdiv(NO, bn), device=dw.device)
+
+def _wgrad(a, tok, b, offs, dw, db, sq=None):
+    "dw[e] = a[rows of e]ᵀ b[rows of e] (a read through tok when given); db[e] = column sums of b; sq (`_sq_slots`): tiles' Σ dw²."
     E, KO, NO = dw.shape
     grid = lambda m: (E * triton.cdiv(KO, m['BM']) * triton.cdiv(NO, m['BN']),)
-    _wg[grid](a, tok if tok is not None else a, b, offs, dw, db if db is not None else dw, KO, NO,
+    _wg[grid](a, tok if tok is not None else a, b, offs, dw, db if db is not None else dw, sq if sq is not None else dw, KO, NO,
               a.stride(0), a.stride(1), b.stride(0), b.stride(1), dw.stride(0), dw.stride(1), dw.stride(2),
-              GATHER=tok is not None, HAS_BIAS=db is not None, MB=_mb(b.shape[0]))
+              GATHER=tok is not None, HAS_BIAS=db is not None, SQ=sq is not None, MB=_mb(b.shape[0]))
     return dw
 
 # %% ../nbs/03_experts.ipynb #a2af0f86
@@ -333,6 +343,7 @@ class _ExpertFFN(torch.autograd.Function):
         y = _launch(_mm, h, None, offsets, w2c, b2c, torch.empty(N, H, device=x.device, dtype=dt), None, I, H, I,
                     w2c.stride(2), w2c.stride(1), 0)
         ctx.save_for_backward(xc, token_idx, offsets, inv, w1c, w2c, gu, h)
+        ctx.params = (w1, w2)   # for the gradient-norm notes (`core.note_sq_norm`)
         ctx.meta = (x.dtype, w1.dtype, w2.dtype, b1 is not None, b2 is not None,
                     b1.dtype if b1 is not None else None, b2.dtype if b2 is not None else None, oai, inter, alpha, limit)
         return y
@@ -356,11 +367,11 @@ class _ExpertFFN(torch.autograd.Function):
         if need[5] or need[7]:
             dw2 = torch.empty(E, I, H, device=dev, dtype=w2dt)
             db2 = torch.empty(E, H, device=dev, dtype=b2dt) if hb2 else None
-            _wgrad(h, None, dy, offsets, dw2, db2)
+            sq = _sq_slots(dw2); _wgrad(h, None, dy, offsets, dw2, db2, sq); note_sq_norm(ctx.params[1], dw2, sq.sum())
         if need[4] or need[6]:
             dw1 = torch.empty(E, H, I2, device=dev, dtype=w1dt)
             db1 = torch.empty(E, I2, device=dev, dtype=b1dt) if hb1 else None
-            _wgrad(xc, token_idx, dgu, offsets, dw1, db1)
+            sq = _sq_slots(dw1); _wgrad(xc, token_idx, dgu, offsets, dw1, db1, sq); note_sq_norm(ctx.params[0], dw1, sq.sum())
         return dx, None, None, None, dw1, dw2, db1, db2, None, None, None, None, None
 
 # %% ../nbs/03_experts.ipynb #6f2d451c

@@ -184,10 +184,14 @@ class CausalLM(nn.Module):
         "Init for training from scratch: N(0, initializer_range), output projections / sqrt(2·layers), unit norms, zero biases and sinks."
         init_weights(self, self.cfg.initializer_range, self.cfg.num_hidden_layers)
 
+    def rope_dim(self)->int: return self.cfg.head_dim   # rotated channels per head (a family may rotate fewer)
+
     def rope(self, seq_len:int, device)->tuple[torch.Tensor, torch.Tensor]:
-        "The (cos, sin) RoPE tables for `seq_len` positions."
-        c = self.cfg
-        return rope_cache(seq_len, c.head_dim, c.rope_theta, c.rope_scaling, device=device)
+        "The (cos, sin) RoPE tables for `seq_len` positions, kept for the last (seq_len, device) asked for."
+        c, key = self.cfg, (seq_len, str(device))
+        if getattr(self, '_rope_key', None) != key:   # built once, not per step: a CUDA graph cannot capture the host-to-device copy
+            self._rope_tab, self._rope_key = rope_cache(seq_len, self.rope_dim(), c.rope_theta, c.rope_scaling, device=device), key
+        return self._rope_tab
 
     def forward(self, input_ids:torch.Tensor,           # (B, S) int64 token ids
                 labels:torch.Tensor|None=None           # (B, S) aligned targets (-100: ignore); None: return logits

@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['FAMILIES', 'TrainConfig', 'model_classes', 'build_model', 'prepare', 'checkpoint_blocks', 'compile_dense',
-           'forward_backward', 'evaluate', 'versions', 'read_metrics', 'Metrics', 'plot_run', 'cpu_threads',
-           'NonFiniteError', 'train', 'generate', 'load_model']
+           'forward_backward', 'evaluate', 'GraphedStep', 'versions', 'read_metrics', 'Metrics', 'plot_run',
+           'cpu_threads', 'NonFiniteError', 'train', 'generate', 'load_model']
 
 # %% ../nbs/23_trainer.ipynb #bc6c91c7
 import dataclasses, json, math, os, platform, resource, shutil, sys, time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
@@ -54,6 +55,7 @@ class TrainConfig(Config):
     nan_policy:str = choice('stop', 'skip')
     activation_checkpointing:bool = False
     compile:bool = False                  # torch.compile the dense (non-MoE) parts of each block
+    cuda_graph:bool = False               # replay forward + backward as one CUDA graph (`GraphedStep`; one process, grad_accum 1)
     dtype:str = choice('auto', 'bf16', 'fp32')  # compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU
     device:str = 'auto'
     ep:int = check(1, positive, 'must be > 0')  # expert-parallel degree (under torchrun; the world size must be a multiple)
@@ -70,6 +72,7 @@ class TrainConfig(Config):
     def validate(self):
         super().validate()
         if self.warmup >= self.steps: raise ConfigError(f"TrainConfig.warmup = {self.warmup}: must be < steps = {self.steps}")
+        if self.cuda_graph and self.grad_accum != 1: raise ConfigError(f"TrainConfig.cuda_graph: needs grad_accum = 1 (got {self.grad_accum})")
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
@@ -150,6 +153,49 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
         k = int((y != -100).sum()); tot += out.loss.double() * k; n += k
     model.train(was)
     return (tot / max(n, 1)).item()
+
+# %% ../nbs/23_trainer.ipynb #2cb226c5
+class GraphedStep:
+    "`forward_backward` of one micro-batch as a CUDA graph: captured on first use (and when what it reads changes), then replayed."
+    def __init__(self, model:nn.Module, device:torch.device, amp:torch.dtype|None, # as for `forward_backward`
+                 warmup:int=2 # eager steps on a side stream before the first capture (autotuning, lazy init)
+                ):
+        if device.type != 'cuda': raise ValueError(f"GraphedStep needs a CUDA device (got {device})")
+        self.model, self.device, self.amp, self.warmup, self.graph, self.captures = model, device, amp, warmup, None, 0
+
+    def _key(self, x, y)->tuple:
+        "What a graph depends on besides the batch's values: shapes, and which compute copies are current."
+        ws = [p for p in self.model.parameters() if getattr(p, 'compute_copy', None) is not None]
+        return tuple(x.shape), tuple(y.shape), tuple((id(p.compute_copy), p.compute_copy_version == p._version) for p in ws)
+
+    def _capture(self, x, y):
+        self.graph = self.out = None
+        for p in self.model.parameters(): p.grad = None          # frees the previous graph's gradients
+        self.x, self.y = x.to(self.device).clone(), y.to(self.device).clone()
+        if self.captures == 0 and self.warmup:
+            bufs = {n: b.clone() for n, b in self.model.named_buffers()}
+            s = torch.cuda.Stream(self.device); s.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(s):
+                for _ in range(self.warmup): forward_backward(self.model, [(self.x, self.y)], self.device, self.amp)
+            torch.cuda.current_stream(self.device).wait_stream(s)
+            with torch.no_grad():
+                for n, b in self.model.named_buffers(): b.copy_(bufs[n])
+            for p in self.model.parameters(): p.grad = None
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g): out = forward_backward(self.model, [(self.x, self.y)], self.device, self.amp)
+        self.graph, self.out, self.key, self.captures = g, out, self._key(x, y), self.captures + 1
+        self.grads = [(p, p.grad) for p in self.model.parameters() if p.grad is not None]
+
+    def __call__(self, batches:list # [(input_ids, labels)]: one micro-batch
+                )->tuple:
+        "As `forward_backward(model, batches, ...)`: (loss, aux loss, counts or None) and the parameters' `.grad` set."
+        if len(batches) != 1: raise ValueError(f"GraphedStep runs one micro-batch per step (got {len(batches)}): use grad_accum=1")
+        x, y = batches[0]
+        if self.graph is None or self._key(x, y) != self.key: self._capture(x, y)
+        self.x.copy_(x, non_blocking=True); self.y.copy_(y, non_blocking=True)
+        self.graph.replay()
+        for p, g in self.grads: p.grad = g
+        return tuple(None if t is None else t.clone() for t in self.out)   # the graph's outputs are overwritten by the next replay
 
 # %% ../nbs/23_trainer.ipynb #198ab4c2
 def versions()->dict:
@@ -307,6 +353,9 @@ def train(cfg:TrainConfig,              # the run's config
     metrics = Metrics(run_dir, cfg, step if last is not None else None, config=extra) if info.is_main else _NoMetrics()
     if cfg.activation_checkpointing: checkpoint_blocks(model)
     if cfg.compile: compile_dense(model)
+    if cfg.cuda_graph and (device.type != 'cuda' or info.distributed):
+        raise ConfigError(f"TrainConfig.cuda_graph: needs one process on a CUDA device (got {device}, world {info.world})")
+    fb = GraphedStep(model, device, amp) if cfg.cuda_graph else partial(forward_backward, model, device=device, amp=amp)
     if val_loader is None and hasattr(loader, 'ds'):
         from pithtrain.data import Loader
         val_loader = Loader([d.path for d in loader.ds], cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=info.rank, world_size=info.world, split='val')
@@ -340,7 +389,7 @@ def train(cfg:TrainConfig,              # the run's config
         with StopSignal() as stop:
             while step < cfg.steps:
                 batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
-                loss, aux, counts = forward_backward(model, batches, device, amp)
+                loss, aux, counts = fb(batches)
                 gn = clip_grad_norm_(params, float('inf'), info)  # the global norm over all shards; clipping happens in the step
                 step += 1
                 if not bool(torch.isfinite(gn if info.distributed else loss + gn)):  # the one host sync per step (gn is global: all ranks agree)

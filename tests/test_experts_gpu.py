@@ -100,3 +100,25 @@ def test_token_sum_weighted():
     w = torch.rand(T, k, device='cuda')
     ref = (rows.float()[inv].view(T, k, H) * w[..., None]).sum(1)
     assert _rel(_token_sum(rows, inv, T, torch.float32, w), ref) < 1e-6
+
+def test_wgrad_notes_grad_sq_norm_and_clip_uses_it():
+    "The wgrad kernel's per-tile sums of squares give ‖dW‖² (noted on the parameter); clip_grad_norm_ uses them and matches torch."
+    from pithtrain.core import noted_sq_norm
+    from pithtrain.dispatch import make_plan
+    from pithtrain.distributed import clip_grad_norm_
+    torch.manual_seed(0)
+    T, E, k, H, I = 4096, 64, 8, 1024, 384   # I·2 = 768: not a multiple of every tile width
+    x = torch.randn(T, H, device='cuda', dtype=torch.bfloat16)
+    ids = torch.randint(0, E - 2, (T, k), device='cuda')   # the last two experts get no rows
+    plan = make_plan(ids, E)
+    w1 = torch.nn.Parameter(torch.randn(E, H, 2 * I, device='cuda') * 0.02); w2 = torch.nn.Parameter(torch.randn(E, I, H, device='cuda') * 0.02)
+    with torch.autocast('cuda', dtype=torch.bfloat16): y = expert_ffn(x, plan, w1, w2)
+    y.float().square().mean().backward()
+    for w in (w1, w2):
+        ref = w.grad.double().square().sum()
+        assert noted_sq_norm(w) is not None and abs(noted_sq_norm(w).double() / ref - 1) < 1e-5
+    n_ref = torch.nn.utils.clip_grad_norm_([w1, w2], float('inf'))
+    n = clip_grad_norm_([w1, w2], float('inf'))
+    assert abs(n / n_ref - 1) < 1e-5
+    w1.grad.mul_(2.0)   # changed after the kernel wrote it: measured again, not taken from the note
+    assert noted_sq_norm(w1) is None and abs(clip_grad_norm_([w1], float('inf')) / w1.grad.norm() - 1) < 1e-5
