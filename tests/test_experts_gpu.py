@@ -101,6 +101,7 @@ def test_token_sum_weighted():
     ref = (rows.float()[inv].view(T, k, H) * w[..., None]).sum(1)
     assert _rel(_token_sum(rows, inv, T, torch.float32, w), ref) < 1e-6
 
+@pytest.mark.gpu
 def test_wgrad_notes_grad_sq_norm_and_clip_uses_it():
     "The wgrad kernel's per-tile sums of squares give ‖dW‖² (noted on the parameter); clip_grad_norm_ uses them and matches torch."
     from pithtrain.core import noted_sq_norm
