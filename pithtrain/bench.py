@@ -47,18 +47,19 @@ def _elapsed_ms(a, b, cuda:bool)->float: return a.elapsed_time(b) if cuda else (
 
 def time_steps(step, # a callable: one training step
                steps:int, warmup:int, device:torch.device,
-               reserved:bool=False # peak memory as reserved, not allocated, bytes (a CUDA graph's pool counts as free between replays)
+               reset_peak:bool=True # reset the peak after the warm-up; False keeps a CUDA graph's capture in it
               )->dict:
     "Per-step times (ms) of `steps` calls after `warmup`, their median and mean, and the peak memory of the timed steps."
     cuda = device.type == 'cuda'
     for _ in range(warmup): step()
-    if cuda: torch.cuda.synchronize(device); torch.cuda.reset_peak_memory_stats(device)
+    if cuda: torch.cuda.synchronize(device)
+    if cuda and reset_peak: torch.cuda.reset_peak_memory_stats(device)
     marks = [_mark(cuda)]
     for _ in range(steps): step(); marks.append(_mark(cuda))
     if cuda: marks[-1].synchronize()
     ms = [_elapsed_ms(a, b, cuda) for a, b in zip(marks, marks[1:])]
     return dict(step_ms=ms, median_ms=statistics.median(ms), mean_ms=statistics.fmean(ms),
-                peak_bytes=(torch.cuda.max_memory_reserved if reserved else torch.cuda.max_memory_allocated)(device) if cuda else None)
+                peak_bytes=torch.cuda.max_memory_allocated(device) if cuda else None)
 
 def time_fn(fn, device:torch.device, reps:int=10, warmup:int=3)->float:
     "Median ms of `fn()` (for the component profile)."
@@ -142,7 +143,9 @@ def measure(name:str,          # 'pithtrain', 'pithtrain+compile', 'pithtrain+co
     "Time `build()`'s step; tokens/s (median step), MFU, peak / static / activation memory (GB), optional profile."
     t0 = time.perf_counter()
     model, opt, step = build()
-    t = time_steps(step, steps, warmup, device, reserved='graph' in name)   # a graph's activations live in its pool: count reserved
+    # a graph replays into memory its capture allocated (in the warm-up): replays allocate nothing, so keep the capture's peak
+    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
+    t = time_steps(step, steps, warmup, device, reset_peak='graph' not in name)
     st = state_bytes(model, opt)
     tps = B * S / (t['median_ms'] / 1e3)
     static = sum(st.values())
