@@ -169,8 +169,8 @@ class GraphedStep:
         return tuple(x.shape), tuple(y.shape), tuple((id(p.compute_copy), p.compute_copy_version == p._version) for p in ws)
 
     def _capture(self, x, y):
-        self.graph = self.out = None
-        for p in self.model.parameters(): p.grad = None          # frees the previous graph's gradients
+        self.graph = self.out = None; self.grads = []            # drop the previous graph and everything in its pool
+        for p in self.model.parameters(): p.grad = None
         self.x, self.y = x.to(self.device).clone(), y.to(self.device).clone()
         if self.captures == 0 and self.warmup:
             bufs = {n: b.clone() for n, b in self.model.named_buffers()}
