@@ -187,11 +187,12 @@ class CausalLM(nn.Module):
     def rope_dim(self)->int: return self.cfg.head_dim   # rotated channels per head (a family may rotate fewer)
 
     def rope(self, seq_len:int, device)->tuple[torch.Tensor, torch.Tensor]:
-        "The (cos, sin) RoPE tables for `seq_len` positions, kept for the last (seq_len, device) asked for."
-        c, key = self.cfg, (seq_len, str(device))
-        if getattr(self, '_rope_key', None) != key:   # built once, not per step: a CUDA graph cannot capture the host-to-device copy
-            self._rope_tab, self._rope_key = rope_cache(seq_len, self.rope_dim(), c.rope_theta, c.rope_scaling, device=device), key
-        return self._rope_tab
+        "The (cos, sin) RoPE tables for `seq_len` positions, built once per (seq_len, device) and kept."
+        # kept, not rebuilt per step: the host-to-device copy would be a sync each step, and a CUDA graph that
+        # read the tables must find them alive and unchanged (an eval at another length must not free them)
+        c, key, cache = self.cfg, (seq_len, str(device)), self.__dict__.setdefault('_rope_cache', {})
+        if key not in cache: cache[key] = rope_cache(seq_len, self.rope_dim(), c.rope_theta, c.rope_scaling, device=device)
+        return cache[key]
 
     def forward(self, input_ids:torch.Tensor,           # (B, S) int64 token ids
                 labels:torch.Tensor|None=None           # (B, S) aligned targets (-100: ignore); None: return logits

@@ -164,9 +164,11 @@ class GraphedStep:
         self.model, self.device, self.amp, self.warmup, self.graph, self.captures = model, device, amp, warmup, None, 0
 
     def _key(self, x, y)->tuple:
-        "What a graph depends on besides the batch's values: shapes, and which compute copies are current."
-        ws = [p for p in self.model.parameters() if getattr(p, 'compute_copy', None) is not None]
-        return tuple(x.shape), tuple(y.shape), tuple((id(p.compute_copy), p.compute_copy_version == p._version) for p in ws)
+        "What a graph depends on besides the batch's values: shapes, where parameters and buffers live, which compute copies are current."
+        ts = list(self.model.parameters()) + list(self.model.buffers())
+        ws = [p for p in ts if getattr(p, 'compute_copy', None) is not None]
+        return (tuple(x.shape), tuple(y.shape), tuple(t.data_ptr() for t in ts),
+                tuple((id(p.compute_copy), p.compute_copy_version == p._version) for p in ws))
 
     def _capture(self, x, y):
         self.graph = self.out = None; self.grads = []            # drop the previous graph and everything in its pool
