@@ -4,7 +4,7 @@
 # writes its JSON to benchmarks/results/ and $OUT/. Run from the repo root with pithtrain importable, e.g.
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD; bash benchmarks/gpu_all.sh
 # Env: GPU_ALL_BUDGET (seconds for everything, default 540), PYTEST_CAP (default 120), PYTEST_PATHS (default tests),
-# E2E_ARGS (default "--profile --compile --levers"), E2E_KERNELS (a preset: also the kernel table of its compiled step,
+# E2E_ARGS (default "--profile --compile --graph --levers"), E2E_KERNELS (a preset: also the kernel table of its compiled step,
 # benchmarks/e2e_kernels.py, before the e2e benchmark). pytest runs -v so a cut-off log still names the tests that finished.
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1
@@ -25,5 +25,5 @@ step "pytest -m gpu" ${PYTEST_CAP:-120} python3 -m pytest -v --no-header -p no:c
 [ -f benchmarks/dispatch.py ] && step "dispatch benchmark" 45 python3 benchmarks/dispatch.py
 [ -f benchmarks/cross_entropy.py ] && step "cross-entropy benchmark" 60 python3 benchmarks/cross_entropy.py --out "$OUT"
 [ -n "$E2E_KERNELS" ] && step "e2e kernel table" 150 python3 benchmarks/e2e_kernels.py --preset "$E2E_KERNELS" --compile
-T=$(left); step "e2e benchmark" "$T" python3 benchmarks/e2e.py ${E2E_ARGS:---profile --compile --levers} --budget-s $(( T - 150 ))
+T=$(left); step "e2e benchmark" "$T" python3 benchmarks/e2e.py ${E2E_ARGS:---profile --compile --graph --levers} --budget-s $(( T - 150 ))
 ls -la benchmarks/results "$OUT" 2>&1 | tee -a "$LOG"
