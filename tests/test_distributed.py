@@ -34,7 +34,10 @@ def train(ep=1, steps=3, opt='adamw', save=None, load=None, save_at=None, first=
     info = init_distributed(ep=ep, n_experts=CFG.num_experts, device=device, timeout_s=90)
     torch.manual_seed(0)
     model = parallelize(Qwen3MoE(CFG).to(info.device), info, dtype)
-    optim = build_optimizer(model, opt, lr=1e-2, weight_decay=0.1)
+    if opt == 'adamw-triton':   # our one-pass AdamW through the Triton interpreter (DTensor shards under FSDP2)
+        from pithtrain.optim import AdamW, param_groups
+        optim = AdamW(param_groups(model, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, triton_on_cpu=True)
+    else: optim = build_optimizer(model, opt, lr=1e-2, weight_decay=0.1)
     if load: load_dcp(load, model, optim, info)
     losses, norms = [], []
     for s in range(first, first + steps):
@@ -59,6 +62,14 @@ def test_same_losses_as_one_process(reference, world, ep, opt):
     res = run(train, world, ep, 4, opt)
     ref_losses, ref_norms = reference[opt]
     for losses, norms in res:                         # every rank reports the same global numbers
+        assert max(abs(a - b) for a, b in zip(losses, ref_losses)) < TOL, (losses, ref_losses)
+        assert max(abs(a - b) / b for a, b in zip(norms, ref_norms)) < TOL, (norms, ref_norms)
+
+@pytest.mark.skipif(os.environ.get('TRITON_INTERPRET') != '1', reason='needs the Triton interpreter (TRITON_INTERPRET=1) on CPU')
+def test_triton_adamw_one_process_and_fsdp2_shards(reference):
+    "`optim.AdamW`'s kernel (interpreter) gives torch AdamW's losses and norms, in one process and on FSDP2 shards (dp2)."
+    ref_losses, ref_norms = reference['adamw']
+    for losses, norms in [train(opt='adamw-triton', steps=4)] + run(train, 2, 1, 4, 'adamw-triton'):
         assert max(abs(a - b) for a, b in zip(losses, ref_losses)) < TOL, (losses, ref_losses)
         assert max(abs(a - b) / b for a, b in zip(norms, ref_norms)) < TOL, (norms, ref_norms)
 
