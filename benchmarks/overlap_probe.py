@@ -1,0 +1,58 @@
+"""Probe for a next lever: can the memory-bound AdamW step run beside the compute-bound forward on one GPU?
+
+The fp32-master AdamW step (≈ 31 ms at `qwen3-30b-a3b-6l`, at the memory bandwidth) runs after the backward and
+before the next forward. The next forward of layer i only needs layer i's updated weights, so the update could run
+on a side stream in layer order while the forward proceeds on the main stream, each layer waiting for its own
+update. Whether that buys anything depends on how well the two kinds of kernels share the SMs. This probe measures
+it without touching the trainer: (a) the forward alone (bf16 autocast, no grad), (b) the optimizer step alone,
+(c) both launched together — the step on a low-priority side stream, the forward on a high-priority stream — timed
+until both finish. overlap = (a + b − c) / min(a, b): 0 means no gain, 1 means the shorter one is fully hidden.
+(It ignores the per-layer waits a real implementation needs, so it is an upper bound.)
+
+    python3 benchmarks/overlap_probe.py [--preset qwen3-30b-a3b-6l] [--out DIR]   # GPU only
+"""
+import argparse, datetime, json, os, statistics, sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+import torch
+from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
+from pithtrain.optim import AdamW, param_groups
+from pithtrain.bench import BATCH
+
+def timed(fn, n=5, warm=2):
+    for _ in range(warm): fn()
+    torch.cuda.synchronize(); ts = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(); ap.add_argument('--preset', default='qwen3-30b-a3b-6l'); ap.add_argument('--out', default=None)
+    a = ap.parse_args(argv)
+    torch.manual_seed(0)
+    c = Qwen3MoEConfig.preset(a.preset); B, S = BATCH[a.preset]
+    with torch.device('cuda'): model = Qwen3MoE(c)
+    ids = torch.randint(0, c.vocab_size, (B, S), device='cuda')
+    for p in model.parameters(): p.grad = torch.randn_like(p) * 1e-3
+    opt = AdamW(param_groups(model, 0.1), lr=3e-4, betas=(0.9, 0.95)); opt.grad_scale = torch.tensor(1.5, device='cuda')
+    lo, hi = torch.cuda.Stream(priority=0), torch.cuda.Stream(priority=-1)
+    def fwd():
+        with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16): model(ids, ids)
+    def both():
+        main = torch.cuda.current_stream()
+        lo.wait_stream(main); hi.wait_stream(main)
+        with torch.cuda.stream(lo): opt.step()
+        with torch.cuda.stream(hi): fwd()
+        main.wait_stream(lo); main.wait_stream(hi)
+    tf, to = timed(fwd), timed(opt.step)
+    tc = timed(both)
+    ov = (tf + to - tc) / min(tf, to)
+    print(f"forward {tf:.1f} ms, optimizer {to:.1f} ms, together {tc:.1f} ms: overlap {ov:.2f}", flush=True)
+    res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(), preset=a.preset,
+               command='python3 benchmarks/overlap_probe.py ' + ' '.join(argv or sys.argv[1:]),
+               forward_ms=tf, optimizer_ms=to, together_ms=tc, overlap=ov)
+    for d in filter(None, [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'), a.out]):
+        os.makedirs(d, exist_ok=True); json.dump(res, open(os.path.join(d, f"overlap_probe-{res['date']}.json"), 'w'), indent=1)
+    return res
+
+if __name__ == '__main__': main()
