@@ -1,7 +1,7 @@
 """The optimizer step on one GPU at a preset's parameters: pithtrain's one-pass AdamW vs torch's fused AdamW.
 
 Measured on the real model's parameters (fp32 masters, random fp32 gradients), with a clip factor handed over as a
-device scalar (as `distributed.clipped_step` does), median of 10 timed steps (CUDA events) after 2 warm-up steps:
+device scalar (as `distributed.clipped_step` does), median of 10 timed steps (`bench.time_fn`: CUDA events between back-to-back steps) after 2 warm-up steps (the committed 2026-11-29 file was timed with a sync after each step):
 
 - `torch fused + casts`: `torch.optim.AdamW(fused=True)` with `grad_scale`, then the bf16 casts of the weights the
   forward would cast (the ones marked by `core.keep_compute_copy`: stacked experts, LM head) — what a step cost before;
@@ -13,19 +13,12 @@ write 2 B per copied weight; ours moves 28 B/param + 2 B per copied weight. GB/s
 
     python3 benchmarks/optim.py [--preset qwen3-30b-a3b-6l] [--out DIR]   # GPU: benchmarks/results/optim-DATE.json
 """
-import argparse, datetime, json, os, statistics, sys
+import argparse, datetime, json, os, sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch
 from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
 from pithtrain.optim import AdamW, param_groups
-
-def timed(step, n=10, warm=2):
-    for _ in range(warm): step()
-    torch.cuda.synchronize(); ts = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); step(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+from pithtrain.bench import time_fn
 
 def main(argv=None):
     ap = argparse.ArgumentParser(); ap.add_argument('--preset', default='qwen3-30b-a3b-6l'); ap.add_argument('--out', default=None)
@@ -43,7 +36,7 @@ def main(argv=None):
         def step():
             opt.step()
             if extra: extra()
-        ms = timed(step)
+        ms = time_fn(step, torch.device('cuda'), reps=10, warmup=2)
         rows.append(dict(name=name, ms=ms, gb=nbytes / 1e9, gb_per_s=nbytes / ms / 1e6))
         print(f"{name:32s} {ms:8.2f} ms  {nbytes / 1e9:7.1f} GB  {nbytes / ms / 1e6:7.0f} GB/s", flush=True)
         opt.state.clear(); del opt; torch.cuda.empty_cache()

@@ -11,20 +11,12 @@ until both finish. overlap = (a + b − c) / min(a, b): 0 means no gain, 1 means
 
     python3 benchmarks/overlap_probe.py [--preset qwen3-30b-a3b-6l] [--out DIR]   # GPU only
 """
-import argparse, datetime, json, os, statistics, sys
+import argparse, datetime, json, os, sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch
 from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
 from pithtrain.optim import AdamW, param_groups
-from pithtrain.bench import BATCH
-
-def timed(fn, n=5, warm=2):
-    for _ in range(warm): fn()
-    torch.cuda.synchronize(); ts = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+from pithtrain.bench import BATCH, time_fn
 
 def main(argv=None):
     ap = argparse.ArgumentParser(); ap.add_argument('--preset', default='qwen3-30b-a3b-6l'); ap.add_argument('--out', default=None)
@@ -44,6 +36,7 @@ def main(argv=None):
         with torch.cuda.stream(lo): opt.step()
         with torch.cuda.stream(hi): fwd()
         main.wait_stream(lo); main.wait_stream(hi)
+    timed = lambda fn: time_fn(fn, torch.device('cuda'), reps=5, warmup=2)
     tf, to = timed(fwd), timed(opt.step)
     tc = timed(both)
     ov = (tf + to - tc) / min(tf, to)
