@@ -9,6 +9,7 @@ __all__ = ['ACTS', 'split_gate_up', 'swiglu', 'expert_ffn_reference', 'expert_ff
 import os
 import torch, torch.nn.functional as F
 import triton, triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 from .core import compute_weight, note_sq_norm
 
 # %% ../nbs/03_experts.ipynb #d0e8bc4d
@@ -134,9 +135,10 @@ def _act_bwd(dh, g, u, alpha, limit, OAI:tl.constexpr):
 
 # %% ../nbs/03_experts.ipynb #27fcb925
 @triton.jit
-def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
+def _gmm_kernel(a, tok, offs, w, bias, c, aux, a_d, w_d, E, K, NO, I,
                 sa_m, sa_k, sw_e, sw_k, sw_n, sc_m, sc_n, sx_m, sx_n, alpha, limit,
                 ACT:tl.constexpr, OAI:tl.constexpr, INTER:tl.constexpr, GATHER:tl.constexpr, HAS_BIAS:tl.constexpr,
+                TMA:tl.constexpr, TW:tl.constexpr,
                 EP2:tl.constexpr, MB, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr, EVEN_K:tl.constexpr, EVEN_N:tl.constexpr):
     "Grouped GEMM c[rows] = a[rows] @ w[e] (+ bias, activation): ACT 0 plain, 1 SwiGLU forward, 2 SwiGLU backward."
     pid = tl.program_id(0)
@@ -144,6 +146,10 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
     pid_m, pid_n = pid // n_tiles, pid % n_tiles
     e, row0, rend = _expert_tile(offs, E, pid_m, BM, EP2)
     if row0 >= rend: return
+    # TMA: a and w through tensor descriptors (a: (N, K); w viewed 2-D: (E·K, NO), or (E·NO, K) when TW), whole tiles,
+    # zero past the tensor's end; rows of the next expert are computed and not stored. w[e]'s K rows must be whole
+    # tiles (EVEN_K) unless K is w's inner axis (TW).
+    DESC: tl.constexpr = TMA and (TW or EVEN_K)
     rm = row0 + tl.arange(0, BM)
     rmask = rm < rend
     rl = tl.minimum(rm, rend - 1)
@@ -166,7 +172,10 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
         accg = tl.zeros((BM, BN), tl.float32)
         accu = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
-            if EVEN_K:
+            if DESC:   # gate and up column blocks of w1[e] (not interleaved)
+                at = a_d.load([row0, k0])
+                bg, bu = w_d.load([e * K + k0, pid_n * BN]), w_d.load([e * K + k0, I + pid_n * BN])
+            elif EVEN_K:
                 at, bg, bu = tl.load(a_p), tl.load(bg_p), tl.load(bu_p)
             else:
                 km = rk < K - k0
@@ -188,7 +197,10 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
         b_p = we + rk[:, None] * sw_k + rnl[None, :] * sw_n
         acc = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
-            if EVEN_K:
+            if DESC:
+                at = a_d.load([row0, k0])
+                bt = tl.trans(w_d.load([e * NO + pid_n * BN, k0])) if TW else w_d.load([e * K + k0, pid_n * BN])
+            elif EVEN_K:
                 at, bt = tl.load(a_p), tl.load(b_p)
             else:
                 km = rk < K - k0
@@ -209,9 +221,9 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, E, K, NO, I,
 
 # %% ../nbs/03_experts.ipynb #8205774a
 @triton.jit
-def _wgrad_kernel(a, tok, b, offs, dw, db, sq, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
-                  GATHER:tl.constexpr, HAS_BIAS:tl.constexpr, SQ:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr,
-                  EVEN_M:tl.constexpr, EVEN_N:tl.constexpr, TA:tl.constexpr):
+def _wgrad_kernel(a, tok, b, offs, dw, db, sq, a_d, b_d, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
+                  GATHER:tl.constexpr, HAS_BIAS:tl.constexpr, SQ:tl.constexpr, TMA:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr,
+                  BK:tl.constexpr, EVEN_M:tl.constexpr, EVEN_N:tl.constexpr, TA:tl.constexpr):
     "dw[e] = a[rows of e]ᵀ @ b[rows of e] (db[e] = column sums of b) for every expert, empty ones zero; sq[program] = Σ tile²."
     pid = tl.program_id(0)
     nm, nn = tl.cdiv(KO, BM), tl.cdiv(NO, BN)
@@ -224,8 +236,15 @@ def _wgrad_kernel(a, tok, b, offs, dw, db, sq, KO, NO, sa_m, sa_k, sb_m, sb_n, s
     rnl = rn if EVEN_N else rn % NO
     acc = tl.zeros((BM, BN), tl.float32)
     dbacc = tl.zeros((BN,), tl.float32)
-    for r0 in range(lo, hi, BK):
-        rows = r0 + tl.arange(0, BK)
+    r0 = lo
+    if TMA:   # the whole BK-row blocks through tensor descriptors (a: (N, KO), b: (N, NO)); the rest below, masked
+        for i in range((hi - lo) // BK):
+            bt = b_d.load([lo + i * BK, pn * BN])
+            acc = tl.dot(tl.trans(a_d.load([lo + i * BK, pm * BM])), bt, acc)
+            if HAS_BIAS: dbacc += tl.sum(bt.to(tl.float32), 0)
+        r0 = lo + (hi - lo) // BK * BK
+    for r in range(r0, hi, BK):
+        rows = r + tl.arange(0, BK)
         rmask = rows < hi
         arow = tl.load(tok + rows, mask=rmask, other=0).to(tl.int64) if GATHER else rows.to(tl.int64)
         if TA:  # gathered rows loaded row-major (coalesced along the feature axis), transposed in registers
@@ -276,12 +295,20 @@ def _token_sum(rows:torch.Tensor, # (N, H) plan rows
 # %% ../nbs/03_experts.ipynb #9ce9af6e
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 _AUTOTUNE = os.environ.get('PITHTRAIN_AUTOTUNE', '1') == '1' and not _INTERPRET
+_TMA = os.environ.get('PITHTRAIN_TMA', '1') == '1'   # tensor-descriptor loads where the device and operands allow
+
+def _tma_hook(nargs):
+    "Autotune pre-hook: give the tensor descriptors (when the launch has them) this configuration's tile shapes."
+    bm, bn, bk = nargs['BM'], nargs['BN'], nargs['BK']
+    if nargs.get('a_d') is None: return
+    if 'b_d' in nargs: nargs['a_d'].block_shape, nargs['b_d'].block_shape = [bk, bm], [bk, bn]   # weight gradient
+    else: nargs['a_d'].block_shape, nargs['w_d'].block_shape = [bm, bk], ([bn, bk] if nargs['TW'] else [bk, bn])
 
 def _cfgs(*shapes):
     "Autotune configs from (BM, BN, BK, warps, stages[, TA]) tuples; one fixed config in the interpreter."
     if _INTERPRET: shapes = ((32, 32, 32, 4, 1) + tuple(True for _ in shapes[0][5:]),)
     elif not _AUTOTUNE: shapes = shapes[:1]
-    return [triton.Config({'BM': m, 'BN': n, 'BK': k, **{'TA': t for t in rest}}, num_warps=w, num_stages=s)
+    return [triton.Config({'BM': m, 'BN': n, 'BK': k, **{'TA': t for t in rest}}, num_warps=w, num_stages=s, pre_hook=_tma_hook)
             for m, n, k, w, s, *rest in shapes]
 
 def _bench(fn, quantiles=None): return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
@@ -291,27 +318,42 @@ def _tuned(kernel, cfgs, key):
 
 _even_k = triton.heuristics({'EVEN_K': lambda a: a['K'] % a['BK'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
 _even_mn = triton.heuristics({'EVEN_M': lambda a: a['KO'] % a['BM'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
-_KEY = ['K', 'NO', 'MB']
+_KEY = ['K', 'NO', 'MB', 'TMA']
 _fc1 = _tuned(_even_k(_gmm_kernel), _cfgs((128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 64, 64, 8, 4)), _KEY)
 _mm = _tuned(_even_k(_gmm_kernel), _cfgs((128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (256, 128, 64, 8, 3)), _KEY)
 _dh = _tuned(_even_k(_gmm_kernel), _cfgs((128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4),
-                                         (64, 128, 64, 4, 4), (128, 64, 64, 8, 4), (128, 128, 32, 8, 5), (64, 256, 64, 8, 3)), _KEY)
+                                         (64, 128, 64, 4, 4), (128, 64, 64, 8, 4), (128, 128, 32, 8, 5), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3)), _KEY)
 _WG = ((128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 128, 8, 3))
-_wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*[c + (ta,) for ta in (False, True) for c in _WG]), ['KO', 'NO', 'MB'])
+_wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*[c + (ta,) for ta in (False, True) for c in _WG], (128, 128, 32, 8, 5, False)),
+             ['KO', 'NO', 'MB', 'TMA'])
 
 # %% ../nbs/03_experts.ipynb #31520db0
 def _mb(n:int)->int: return triton.next_power_of_2(max(n, 1))  # the autotune key's row-count bucket
+
+def _tma_ok(*ts)->bool:
+    "Can these operands go through tensor descriptors: TMA on a Hopper-or-newer GPU (or the interpreter), 16-byte aligned rows."
+    if not _TMA or not ts[0].is_cuda and not _INTERPRET: return False
+    if ts[0].is_cuda and torch.cuda.get_device_capability(ts[0].device)[0] < 9: return False
+    return all(t.is_contiguous() and t.data_ptr() % 16 == 0 and (t.shape[-1] * t.element_size()) % 16 == 0 for t in ts)
+
+def _desc(t:torch.Tensor)->TensorDescriptor:
+    "A 2-D tensor descriptor over `t` (a 3-D weight is viewed (E·d1, d2)); `_tma_hook` sets the tile shape per config."
+    t = t.view(-1, t.shape[-1])
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [16, 16])
 
 def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0):
     "Launch one grouped GEMM over all experts: c[rows] = a[rows] @ (w[e] with strides (swk, swn))."
     N, E = c.shape[0], w.shape[0]
     if N == 0: return c
+    tw = swn != 1   # B = w[e]ᵀ: K is w's inner axis
+    tma = tok is None and not (act == 1 and inter) and _tma_ok(a, w) and (swk if tw else swn) == 1
     grid = lambda m: ((triton.cdiv(N, m['BM']) + E) * triton.cdiv(NO, m['BN']),)
     xs = aux.stride() if aux is not None else (0, 0)
     kern[grid](a, tok if tok is not None else a, offs, w, bias if bias is not None else w, c, aux if aux is not None else c,
+               _desc(a) if tma else None, _desc(w) if tma else None,
                E, K, NO, I, a.stride(0), a.stride(1), w.stride(0), swk, swn, c.stride(0), c.stride(1), xs[0], xs[1],
                float(alpha), float(limit), ACT=act, OAI=oai, INTER=inter, GATHER=tok is not None, HAS_BIAS=bias is not None,
-               EP2=triton.next_power_of_2(E), MB=_mb(N))
+               TMA=tma, TW=tw, EP2=triton.next_power_of_2(E), MB=_mb(N))
     return c
 
 def _sq_slots(dw)->torch.Tensor:
@@ -323,10 +365,12 @@ def _sq_slots(dw)->torch.Tensor:
 def _wgrad(a, tok, b, offs, dw, db, sq=None):
     "dw[e] = a[rows of e]ᵀ b[rows of e] (a read through tok when given); db[e] = column sums of b; sq (`_sq_slots`): tiles' Σ dw²."
     E, KO, NO = dw.shape
+    tma = tok is None and b.shape[0] > 0 and _tma_ok(a, b)
     grid = lambda m: (E * triton.cdiv(KO, m['BM']) * triton.cdiv(NO, m['BN']),)
-    _wg[grid](a, tok if tok is not None else a, b, offs, dw, db if db is not None else dw, sq if sq is not None else dw, KO, NO,
+    _wg[grid](a, tok if tok is not None else a, b, offs, dw, db if db is not None else dw, sq if sq is not None else dw,
+              _desc(a) if tma else None, _desc(b) if tma else None, KO, NO,
               a.stride(0), a.stride(1), b.stride(0), b.stride(1), dw.stride(0), dw.stride(1), dw.stride(2),
-              GATHER=tok is not None, HAS_BIAS=db is not None, SQ=sq is not None, MB=_mb(b.shape[0]))
+              GATHER=tok is not None, HAS_BIAS=db is not None, SQ=sq is not None, TMA=tma, MB=_mb(b.shape[0]))
     return dw
 
 # %% ../nbs/03_experts.ipynb #a2af0f86
@@ -339,30 +383,32 @@ class _ExpertFFN(torch.autograd.Function):
         b1c, b2c = (b.contiguous() if b is not None else None for b in (b1, b2))
         h = torch.empty(N, I, device=x.device, dtype=dt)
         gu = torch.empty(N, I2, device=x.device, dtype=dt)
-        _launch(_fc1, xc, token_idx, offsets, w1c, b1c, h, gu, H, I, I, w1c.stride(2), w1c.stride(1), 1, oai, inter, alpha, limit)
+        pre = N > 0 and not inter and _tma_ok(xc, w1c)   # gather once: fc1 and dW1 then read plain rows by TMA
+        xa, tok = (xc[token_idx], None) if pre else (xc, token_idx)
+        _launch(_fc1, xa, tok, offsets, w1c, b1c, h, gu, H, I, I, w1c.stride(2), w1c.stride(1), 1, oai, inter, alpha, limit)
         y = _launch(_mm, h, None, offsets, w2c, b2c, torch.empty(N, H, device=x.device, dtype=dt), None, I, H, I,
                     w2c.stride(2), w2c.stride(1), 0)
-        ctx.save_for_backward(xc, token_idx, offsets, inv, w1c, w2c, gu, h)
+        ctx.save_for_backward(xa, token_idx, offsets, inv, w1c, w2c, gu, h)
         ctx.params = (w1, w2)   # for the gradient-norm notes (`core.note_sq_norm`)
-        ctx.meta = (x.dtype, w1.dtype, w2.dtype, b1 is not None, b2 is not None,
+        ctx.meta = (x.shape[0], pre, x.dtype, w1.dtype, w2.dtype, b1 is not None, b2 is not None,
                     b1.dtype if b1 is not None else None, b2.dtype if b2 is not None else None, oai, inter, alpha, limit)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        xc, token_idx, offsets, inv, w1c, w2c, gu, h = ctx.saved_tensors
-        xdt, w1dt, w2dt, hb1, hb2, b1dt, b2dt, oai, inter, alpha, limit = ctx.meta
+        xa, token_idx, offsets, inv, w1c, w2c, gu, h = ctx.saved_tensors
+        T, pre, xdt, w1dt, w2dt, hb1, hb2, b1dt, b2dt, oai, inter, alpha, limit = ctx.meta
         E, H, I2 = w1c.shape
         I, N, dev = I2 // 2, gu.shape[0], dy.device
-        dy = dy.to(xc.dtype).contiguous()
+        dy = dy.to(xa.dtype).contiguous()
         dgu = torch.empty_like(gu)
         _launch(_dh, dy, None, offsets, w2c, None, dgu, gu, H, I, I, w2c.stride(1), w2c.stride(2), 2, oai, inter, alpha, limit)
         need = ctx.needs_input_grad
         dx = dw1 = dw2 = db1 = db2 = None
         if need[0]:  # first, so its (N, H) rows are freed before the weight gradients are allocated
-            dxr = _launch(_mm, dgu, None, offsets, w1c, None, torch.empty(N, H, device=dev, dtype=xc.dtype), None, I2, H, I,
+            dxr = _launch(_mm, dgu, None, offsets, w1c, None, torch.empty(N, H, device=dev, dtype=xa.dtype), None, I2, H, I,
                           w1c.stride(1), w1c.stride(2), 0)
-            dx = _token_sum(dxr, inv, xc.shape[0], xdt)
+            dx = _token_sum(dxr, inv, T, xdt)
             del dxr
         if need[5] or need[7]:
             dw2 = torch.empty(E, I, H, device=dev, dtype=w2dt)
@@ -371,7 +417,8 @@ class _ExpertFFN(torch.autograd.Function):
         if need[4] or need[6]:
             dw1 = torch.empty(E, H, I2, device=dev, dtype=w1dt)
             db1 = torch.empty(E, I2, device=dev, dtype=b1dt) if hb1 else None
-            sq = _sq_slots(dw1); _wgrad(xc, token_idx, dgu, offsets, dw1, db1, sq); note_sq_norm(ctx.params[0], dw1, sq.sum())
+            sq = _sq_slots(dw1); _wgrad(xa, None if pre else token_idx, dgu, offsets, dw1, db1, sq)
+            note_sq_norm(ctx.params[0], dw1, sq.sum())
         return dx, None, None, None, dw1, dw2, db1, db2, None, None, None, None, None
 
 # %% ../nbs/03_experts.ipynb #6f2d451c
