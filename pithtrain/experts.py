@@ -319,13 +319,15 @@ def _tuned(kernel, cfgs, key):
 _even_k = triton.heuristics({'EVEN_K': lambda a: a['K'] % a['BK'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
 _even_mn = triton.heuristics({'EVEN_M': lambda a: a['KO'] % a['BM'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
 _KEY = ['K', 'NO', 'MB', 'TMA']
-_fc1 = _tuned(_even_k(_gmm_kernel), _cfgs((128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 64, 64, 8, 4)), _KEY)
-_mm = _tuned(_even_k(_gmm_kernel), _cfgs((128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (256, 128, 64, 8, 3)), _KEY)
-_dh = _tuned(_even_k(_gmm_kernel), _cfgs((128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4),
-                                         (64, 128, 64, 4, 4), (128, 64, 64, 8, 4), (128, 128, 32, 8, 5), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3)), _KEY)
 _WG = ((128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 128, 8, 3))
-_wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*[c + (ta,) for ta in (False, True) for c in _WG], (128, 128, 32, 8, 5, False)),
-             ['KO', 'NO', 'MB', 'TMA'])
+_SHAPES = {   # (BM, BN, BK, warps, stages[, TA]) per kernel; the first is the one taken without autotuning
+    '_fc1': ((128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 64, 64, 8, 4)),
+    '_mm': ((128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (256, 128, 64, 8, 3)),
+    '_dh': ((128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4),
+            (128, 64, 64, 8, 4), (128, 128, 32, 8, 5), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3)),
+    '_wg': tuple(c + (ta,) for ta in (False, True) for c in _WG) + ((128, 128, 32, 8, 5, False),)}
+_fc1, _mm, _dh = (_tuned(_even_k(_gmm_kernel), _cfgs(*_SHAPES[n]), _KEY) for n in ('_fc1', '_mm', '_dh'))
+_wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*_SHAPES['_wg']), ['KO', 'NO', 'MB', 'TMA'])
 
 # %% ../nbs/03_experts.ipynb #31520db0
 def _mb(n:int)->int: return triton.next_power_of_2(max(n, 1))  # the autotune key's row-count bucket

@@ -123,3 +123,31 @@ def test_wgrad_notes_grad_sq_norm_and_clip_uses_it():
     assert abs(n / n_ref - 1) < 1e-5
     w1.grad.mul_(2.0)   # changed after the kernel wrote it: measured again, not taken from the note
     assert noted_sq_norm(w1) is None and abs(clip_grad_norm_([w1], float('inf')) / w1.grad.norm() - 1) < 1e-5
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('tma', [True, False], ids=['tma', 'pointers'])
+def test_every_config_both_load_paths(tma, monkeypatch):
+    "Every autotune configuration of the four kernels, with TMA (tensor-descriptor) loads and with pointer loads, on awkward sizes."
+    import pithtrain.experts as X
+    g = torch.Generator(device='cuda').manual_seed(1)
+    T, E, k, H, I = 300, 8, 2, 320, 96   # experts with 0 and 1 rows, sizes not multiples of the tiles
+    ids = _ids(T, E, k, 'few', g); ids[0, 0] = E - 1   # expert E-1: one row
+    plan = _plan(ids, E)
+    x = torch.randn(T, H, device='cuda', generator=g).bfloat16().requires_grad_()
+    w1 = (torch.randn(E, H, 2 * I, device='cuda', generator=g) / H**0.5).requires_grad_()
+    w2 = (torch.randn(E, I, H, device='cuda', generator=g) / I**0.5).requires_grad_()
+    dy = torch.randn(T * k, H, device='cuda', generator=g).bfloat16()
+    ref = expert_ffn_reference(x.float(), plan, w1, w2)
+    rgrads = torch.autograd.grad(ref, (x, w1, w2), dy.float())
+    monkeypatch.setattr(X, '_TMA', tma)
+    for name in ('_fc1', '_mm', '_dh', '_wg'):
+        tuned = getattr(X, name)
+        for shape in X._SHAPES[name]:
+            cfg = X._cfgs(shape)
+            monkeypatch.setattr(X, name, X._tuned(tuned.fn, cfg, tuned.keys))
+            _poison()
+            y = expert_ffn(x, plan, w1, w2)
+            grads = torch.autograd.grad(y, (x, w1, w2), dy)
+            errs = [_rel(a, b) for a, b in zip((y, *grads), (ref, *rgrads))]
+            assert max(errs) <= 1e-2, (name, shape, errs)
+        monkeypatch.setattr(X, name, tuned)
