@@ -1,0 +1,62 @@
+"""Tile sweep of pithtrain's expert kernels, one launch at a time, at the end-to-end shapes (16384 tokens, k 8).
+
+For each of the four autotuned kernels (`_fc1` gate/up + SwiGLU, `_mm` fc2 and dx rows, `_dh` SwiGLU backward,
+`_wg` weight gradients) it times every (BM, BN, BK, warps, stages) given below plus the autotune set, with the TMA
+(tensor-descriptor) loads on, and prints µs, TFLOP/s and the error against the first config. Use it to choose the
+autotune sets in `nbs/03_experts.ipynb` (`_SHAPES`).
+
+    PYTHONPATH=$PWD python3 benchmarks/experts_sweep.py      # GPU; writes $OUT/experts_sweep.json when $OUT is set
+"""
+import os, sys, json, datetime
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+import torch
+from triton.testing import do_bench
+from pithtrain import experts as X
+from pithtrain.dispatch import make_plan
+
+EXTRA = {'_fc1': [(128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 128, 8, 3), (256, 64, 64, 8, 3), (128, 128, 32, 8, 5)],
+         '_mm': [(256, 128, 32, 8, 4), (128, 256, 32, 8, 5), (128, 256, 64, 8, 4), (128, 192, 64, 8, 3)],
+         '_dh': [(128, 128, 64, 8, 3), (128, 128, 64, 8, 2), (128, 64, 64, 4, 3), (128, 64, 128, 4, 3), (64, 128, 64, 4, 3),
+                 (128, 128, 128, 8, 2), (128, 64, 64, 8, 3), (256, 64, 64, 8, 3), (64, 64, 64, 4, 4)],
+         '_wg': [(128, 128, 32, 8, 4, False), (128, 256, 32, 8, 4, False), (128, 128, 32, 8, 6, False), (256, 128, 32, 8, 4, False),
+                 (128, 256, 32, 8, 3, False)]}
+
+def main():
+    dev, bf = 'cuda', torch.bfloat16
+    res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
+               command='python3 benchmarks/experts_sweep.py', rows=[])
+    for sname, (T, k, E, H, I) in {'qwen3': (16384, 8, 128, 2048, 768), 'small': (16384, 8, 64, 1024, 512)}.items():
+        torch.manual_seed(0)
+        plan = make_plan(torch.stack([torch.randperm(E, device=dev)[:k] for _ in range(T)]), E)
+        N, offs = plan.token_idx.numel(), plan.offsets.to(torch.int32)
+        xg = torch.randn(T, H, device=dev, dtype=bf)[plan.token_idx].contiguous()
+        gu, dgu = torch.randn(N, 2 * I, device=dev, dtype=bf), torch.randn(N, 2 * I, device=dev, dtype=bf) * 0.1
+        h, dy = torch.randn(N, I, device=dev, dtype=bf), torch.randn(N, H, device=dev, dtype=bf) * 0.1
+        w1 = torch.randn(E, H, 2 * I, device=dev, dtype=bf) * 0.02
+        w2 = torch.randn(E, I, H, device=dev, dtype=bf) * 0.02
+        dw1, dw2 = torch.empty(E, H, 2 * I, device=dev), torch.empty(E, I, H, device=dev)
+        f1, f2 = 2 * N * H * 2 * I, 2 * N * I * H
+        nh, ngu, ny, ndg = torch.empty(N, I, device=dev, dtype=bf), torch.empty_like(gu), torch.empty(N, H, device=dev, dtype=bf), torch.empty_like(gu)
+        calls = {'_fc1': [('fc1', lambda: X._launch(X._fc1, xg, None, offs, w1, None, nh, ngu, H, I, I, w1.stride(2), w1.stride(1), 1) is None or nh, f1)],
+                 '_mm': [('fc2', lambda: X._launch(X._mm, h, None, offs, w2, None, ny, None, I, H, I, w2.stride(2), w2.stride(1), 0), f2),
+                         ('dx', lambda: X._launch(X._mm, dgu, None, offs, w1, None, ny, None, 2 * I, H, I, w1.stride(1), w1.stride(2), 0), f1)],
+                 '_dh': [('dh', lambda: X._launch(X._dh, dy, None, offs, w2, None, ndg, gu, H, I, I, w2.stride(1), w2.stride(2), 2), f2)],
+                 '_wg': [('dW1', lambda: X._wgrad(xg, None, dgu, offs, dw1, None), f1), ('dW2', lambda: X._wgrad(h, None, dy, offs, dw2, None), f2)]}
+        for name, tuned in [(n, getattr(X, n)) for n in calls]:
+            refs = {}
+            for shape in list(X._SHAPES[name]) + EXTRA[name]:
+                setattr(X, name, X._tuned(tuned.fn, X._cfgs(shape), tuned.keys))
+                for what, fn, flop in calls[name]:
+                    try:
+                        out = fn().float().clone(); torch.cuda.synchronize()
+                        t = do_bench(fn, warmup=5, rep=40, return_mode='median') * 1e3
+                        ref = refs.setdefault(what, out)
+                        row = dict(shape=sname, kernel=what, cfg=shape, us=round(t, 1), tflops=round(flop / t / 1e6, 1),
+                                   rel_err=((out - ref).norm() / ref.norm()).item())
+                    except Exception as ex: row = dict(shape=sname, kernel=what, cfg=shape, error=repr(ex)[:200])
+                    res['rows'].append(row); print(row, flush=True)
+            setattr(X, name, tuned)
+    out = os.environ.get('OUT')
+    if out: json.dump(res, open(os.path.join(out, 'experts_sweep.json'), 'w'), indent=1)
+
+if __name__ == '__main__': main()
