@@ -6,6 +6,8 @@ For each of the four autotuned kernels (`_fc1` gate/up + SwiGLU, `_mm` fc2 and d
 autotune sets in `nbs/03_experts.ipynb` (`_SHAPES`).
 
     PYTHONPATH=$PWD python3 benchmarks/experts_sweep.py      # GPU; writes $OUT/experts_sweep.json when $OUT is set
+    PYTHONPATH=$PWD python3 benchmarks/experts_sweep.py --dh # SwiGLU backward: fused epilogue vs GEMM + elementwise pass;
+                                                             # prints the faster as `PITHTRAIN_DH_SPLIT=0|1` (last line)
 """
 import os, sys, json, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
@@ -20,6 +22,28 @@ EXTRA = {'_fc1': [(128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 128, 8, 3)
                  (128, 128, 128, 8, 2), (128, 64, 64, 8, 3), (256, 64, 64, 8, 3), (64, 64, 64, 4, 4)],
          '_wg': [(128, 128, 32, 8, 4, False), (128, 256, 32, 8, 4, False), (128, 128, 32, 8, 6, False), (256, 128, 32, 8, 4, False),
                  (128, 256, 32, 8, 3, False)]}
+
+def dh_split():
+    "Time `_dgu` both ways (autotuned) at both shapes; print the summed winner."
+    dev, bf = 'cuda', torch.bfloat16
+    tot, rows = {True: 0.0, False: 0.0}, []
+    for sname, (T, k, E, H, I) in {'qwen3': (16384, 8, 128, 2048, 768), 'small': (16384, 8, 64, 1024, 512)}.items():
+        torch.manual_seed(0)
+        plan = make_plan(torch.stack([torch.randperm(E, device=dev)[:k] for _ in range(T)]), E)
+        N, offs = plan.token_idx.numel(), plan.offsets.to(torch.int32)
+        gu, dy = torch.randn(N, 2 * I, device=dev, dtype=bf), torch.randn(N, H, device=dev, dtype=bf) * 0.1
+        w2 = torch.randn(E, I, H, device=dev, dtype=bf) * 0.02
+        outs = {}
+        for split in (False, True):
+            X._DH_SPLIT = split
+            fn = lambda: X._dgu(dy, offs, w2, gu, False, False, 1.0, 0.0)
+            outs[split] = fn().float(); torch.cuda.synchronize()
+            t = do_bench(fn, warmup=5, rep=40, return_mode='median') * 1e3
+            w = 6 if sname == 'qwen3' else 8   # layers of the e2e preset
+            tot[split] += t * w
+            rows.append(dict(shape=sname, split=split, us=round(t, 1))); print(rows[-1], flush=True)
+        print(sname, 'rel. difference split vs fused', ((outs[True] - outs[False]).norm() / outs[False].norm()).item(), flush=True)
+    print(f"PITHTRAIN_DH_SPLIT={int(tot[True] < tot[False])}")
 
 def main():
     dev, bf = 'cuda', torch.bfloat16
@@ -59,4 +83,4 @@ def main():
     out = os.environ.get('OUT')
     if out: json.dump(res, open(os.path.join(out, 'experts_sweep.json'), 'w'), indent=1)
 
-if __name__ == '__main__': main()
+if __name__ == '__main__': dh_split() if '--dh' in sys.argv else main()

@@ -296,6 +296,7 @@ def _token_sum(rows:torch.Tensor, # (N, H) plan rows
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 _AUTOTUNE = os.environ.get('PITHTRAIN_AUTOTUNE', '1') == '1' and not _INTERPRET
 _TMA = os.environ.get('PITHTRAIN_TMA', '1') == '1'   # tensor-descriptor loads where the device and operands allow
+_DH_SPLIT = os.environ.get('PITHTRAIN_DH_SPLIT', '1') == '1'   # with TMA: SwiGLU backward as its own pass after a plain GEMM
 
 def _tma_hook(nargs):
     "Autotune pre-hook: give the tensor descriptors (when the launch has them) this configuration's tile shapes."
@@ -324,7 +325,7 @@ _SHAPES = {   # (BM, BN, BK, warps, stages[, TA]) per kernel; the first is the o
     '_fc1': ((128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 64, 64, 8, 4)),
     '_mm': ((128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (256, 128, 64, 8, 3)),
     '_dh': ((128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4),
-            (128, 64, 64, 8, 4), (128, 128, 32, 8, 5), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3)),
+            (128, 64, 64, 8, 4), (128, 128, 32, 8, 5), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3), (64, 64, 64, 4, 4)),
     '_wg': tuple(c + (ta,) for ta in (False, True) for c in _WG) + ((128, 128, 32, 8, 5, False),)}
 _fc1, _mm, _dh = (_tuned(_even_k(_gmm_kernel), _cfgs(*_SHAPES[n]), _KEY) for n in ('_fc1', '_mm', '_dh'))
 _wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*_SHAPES['_wg']), ['KO', 'NO', 'MB', 'TMA'])
@@ -357,6 +358,32 @@ def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=Fa
                float(alpha), float(limit), ACT=act, OAI=oai, INTER=inter, GATHER=tok is not None, HAS_BIAS=bias is not None,
                TMA=tma, TW=tw, EP2=triton.next_power_of_2(E), MB=_mb(N))
     return c
+
+@triton.jit
+def _act_bwd_kernel(dh, gu, dgu, n, I, alpha, limit, OAI:tl.constexpr, INTER:tl.constexpr, BLOCK:tl.constexpr):
+    "dgu = activation backward of dh (N, I) at the stored pre-activations gu (N, 2I), elementwise."
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    r, j = i // I, i % I
+    cg = r * 2 * I + (2 * j if INTER else j)
+    cu = r * 2 * I + (2 * j + 1 if INTER else j + I)
+    d = tl.load(dh + i, mask=m, other=0.0).to(tl.float32)
+    dg, du = _act_bwd(d, tl.load(gu + cg, mask=m, other=0.0).to(tl.float32), tl.load(gu + cu, mask=m, other=0.0).to(tl.float32),
+                      alpha, limit, OAI)
+    tl.store(dgu + cg, dg.to(dgu.dtype.element_ty), mask=m)
+    tl.store(dgu + cu, du.to(dgu.dtype.element_ty), mask=m)
+
+def _dgu(dy, offs, w2c, gu, oai, inter, alpha, limit)->torch.Tensor:
+    "dgu = act'(gu) ⊙ (dy @ w2[e]ᵀ): a plain grouped GEMM then an elementwise pass when TMA serves it, else one fused kernel."
+    N, I2 = gu.shape
+    E, I, H = w2c.shape
+    dgu = torch.empty_like(gu)
+    if not (_DH_SPLIT and N > 0 and _tma_ok(dy, w2c)):
+        return _launch(_dh, dy, None, offs, w2c, None, dgu, gu, H, I, I, w2c.stride(1), w2c.stride(2), 2, oai, inter, alpha, limit)
+    dh = _launch(_mm, dy, None, offs, w2c, None, torch.empty(N, I, device=dy.device, dtype=gu.dtype), None, H, I, I,
+                 w2c.stride(1), w2c.stride(2), 0)
+    _act_bwd_kernel[(triton.cdiv(N * I, 1024),)](dh, gu, dgu, N * I, I, float(alpha), float(limit), OAI=oai, INTER=inter, BLOCK=1024)
+    return dgu
 
 def _sq_slots(dw)->torch.Tensor:
     "Zeroed fp32 slots for `_wgrad`'s per-program sums of squares: enough for its smallest tiles."
@@ -403,8 +430,7 @@ class _ExpertFFN(torch.autograd.Function):
         E, H, I2 = w1c.shape
         I, N, dev = I2 // 2, gu.shape[0], dy.device
         dy = dy.to(xa.dtype).contiguous()
-        dgu = torch.empty_like(gu)
-        _launch(_dh, dy, None, offsets, w2c, None, dgu, gu, H, I, I, w2c.stride(1), w2c.stride(2), 2, oai, inter, alpha, limit)
+        dgu = _dgu(dy, offsets, w2c, gu, oai, inter, alpha, limit)
         need = ctx.needs_input_grad
         dx = dw1 = dw2 = db1 = db2 = None
         if need[0]:  # first, so its (N, H) rows are freed before the weight gradients are allocated
