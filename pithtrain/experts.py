@@ -333,10 +333,14 @@ _wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*_SHAPES['_wg']), ['KO', 'NO', 'MB',
 # %% ../nbs/03_experts.ipynb #31520db0
 def _mb(n:int)->int: return triton.next_power_of_2(max(n, 1))  # the autotune key's row-count bucket
 
+_CAPS = {}   # device index -> compute capability major (asked once per device)
 def _tma_ok(*ts)->bool:
     "Can these operands go through tensor descriptors: TMA on a Hopper-or-newer GPU (or the interpreter), 16-byte aligned rows."
     if not _TMA or not ts[0].is_cuda and not _INTERPRET: return False
-    if ts[0].is_cuda and torch.cuda.get_device_capability(ts[0].device)[0] < 9: return False
+    if ts[0].is_cuda:
+        i = ts[0].device.index if ts[0].device.index is not None else torch.cuda.current_device()
+        if i not in _CAPS: _CAPS[i] = torch.cuda.get_device_capability(i)[0]
+        if _CAPS[i] < 9: return False
     return all(t.is_contiguous() and t.data_ptr() % 16 == 0 and (t.shape[-1] * t.element_size()) % 16 == 0 for t in ts)
 
 def _desc(t:torch.Tensor)->TensorDescriptor:

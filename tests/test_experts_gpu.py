@@ -142,6 +142,7 @@ def test_every_config_both_load_paths(tma, monkeypatch):
     monkeypatch.setattr(X, '_TMA', tma)
     for name in ('_fc1', '_mm', '_dh', '_wg'):
         tuned = getattr(X, name)
+        monkeypatch.setattr(X, '_DH_SPLIT', name != '_dh')   # `_dh` serves the TMA path only with the split off
         for shape in X._SHAPES[name]:
             cfg = X._cfgs(shape)
             monkeypatch.setattr(X, name, X._tuned(tuned.fn, cfg, tuned.keys))
