@@ -23,14 +23,22 @@ EXTRA = {'_fc1': [(128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 128, 8, 3)
          '_wg': [(128, 128, 32, 8, 4, False), (128, 256, 32, 8, 4, False), (128, 128, 32, 8, 6, False), (256, 128, 32, 8, 4, False),
                  (128, 256, 32, 8, 3, False)]}
 
+SHAPES = {'qwen3': (16384, 8, 128, 2048, 768), 'small': (16384, 8, 64, 1024, 512)}   # name: (T, k, E, H, I)
+LAYERS = {'qwen3': 6, 'small': 8}   # layers of the e2e preset
+
+def routing(T, k, E, dev='cuda'):
+    "A balanced-ish plan (k distinct random experts per token) and its int32 offsets."
+    torch.manual_seed(0)
+    plan = make_plan(torch.stack([torch.randperm(E, device=dev)[:k] for _ in range(T)]), E)
+    return plan, plan.offsets.to(torch.int32)
+
 def dh_split():
     "Time `_dgu` both ways (autotuned) at both shapes; print the summed winner."
     dev, bf = 'cuda', torch.bfloat16
     tot, rows = {True: 0.0, False: 0.0}, []
-    for sname, (T, k, E, H, I) in {'qwen3': (16384, 8, 128, 2048, 768), 'small': (16384, 8, 64, 1024, 512)}.items():
-        torch.manual_seed(0)
-        plan = make_plan(torch.stack([torch.randperm(E, device=dev)[:k] for _ in range(T)]), E)
-        N, offs = plan.token_idx.numel(), plan.offsets.to(torch.int32)
+    for sname, (T, k, E, H, I) in SHAPES.items():
+        plan, offs = routing(T, k, E)
+        N = plan.token_idx.numel()
         gu, dy = torch.randn(N, 2 * I, device=dev, dtype=bf), torch.randn(N, H, device=dev, dtype=bf) * 0.1
         w2 = torch.randn(E, I, H, device=dev, dtype=bf) * 0.02
         outs = {}
@@ -39,8 +47,7 @@ def dh_split():
             fn = lambda: X._dgu(dy, offs, w2, gu, False, False, 1.0, 0.0)
             outs[split] = fn().float(); torch.cuda.synchronize()
             t = do_bench(fn, warmup=5, rep=40, return_mode='median') * 1e3
-            w = 6 if sname == 'qwen3' else 8   # layers of the e2e preset
-            tot[split] += t * w
+            tot[split] += t * LAYERS[sname]
             rows.append(dict(shape=sname, split=split, us=round(t, 1))); print(rows[-1], flush=True)
         print(sname, 'rel. difference split vs fused', ((outs[True] - outs[False]).norm() / outs[False].norm()).item(), flush=True)
     print(f"PITHTRAIN_DH_SPLIT={int(tot[True] < tot[False])}")
@@ -49,10 +56,9 @@ def main():
     dev, bf = 'cuda', torch.bfloat16
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/experts_sweep.py', rows=[])
-    for sname, (T, k, E, H, I) in {'qwen3': (16384, 8, 128, 2048, 768), 'small': (16384, 8, 64, 1024, 512)}.items():
-        torch.manual_seed(0)
-        plan = make_plan(torch.stack([torch.randperm(E, device=dev)[:k] for _ in range(T)]), E)
-        N, offs = plan.token_idx.numel(), plan.offsets.to(torch.int32)
+    for sname, (T, k, E, H, I) in SHAPES.items():
+        plan, offs = routing(T, k, E)
+        N = plan.token_idx.numel()
         xg = torch.randn(T, H, device=dev, dtype=bf)[plan.token_idx].contiguous()
         gu, dgu = torch.randn(N, 2 * I, device=dev, dtype=bf), torch.randn(N, 2 * I, device=dev, dtype=bf) * 0.1
         h, dy = torch.randn(N, I, device=dev, dtype=bf), torch.randn(N, H, device=dev, dtype=bf) * 0.1
@@ -72,6 +78,7 @@ def main():
                 setattr(X, name, X._tuned(tuned.fn, X._cfgs(shape), tuned.keys))
                 for what, fn, flop in calls[name]:
                     try:
+                        for buf in (nh, ngu, ny, ndg, dw1, dw2): buf.fill_(float('nan'))   # an unwritten element shows as NaN
                         out = fn().float().clone(); torch.cuda.synchronize()
                         t = do_bench(fn, warmup=5, rep=40, return_mode='median') * 1e3
                         ref = refs.setdefault(what, out)
