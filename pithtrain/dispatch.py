@@ -166,7 +166,7 @@ def _check_gather(x, plan):
 def _check_combine(rows, weights, plan):
     if rows.dim() != 2 or rows.shape[0] != plan.token_idx.numel():
         raise ValueError(f"shape mismatch: rows must be (N={plan.token_idx.numel()}, H) in plan order, got {tuple(rows.shape)}")
-    if weights.dim() != 2 or weights.shape[1] != plan.top_k or weights.numel() != plan.inv.numel():
+    if weights is not None and (weights.dim() != 2 or weights.shape[1] != plan.top_k or weights.numel() != plan.inv.numel()):
         raise ValueError(f"shape mismatch: weights must be (T, k={plan.top_k}) with T·k = {plan.inv.numel()} pairs, got {tuple(weights.shape)}")
 
 def gather_torch(x:torch.Tensor, plan:RoutingPlan)->torch.Tensor:
@@ -174,12 +174,13 @@ def gather_torch(x:torch.Tensor, plan:RoutingPlan)->torch.Tensor:
     out = x[plan.token_idx]
     return out if plan.valid is None else torch.where(plan.valid[:, None], out, 0)
 
-def combine_torch(rows:torch.Tensor, weights:torch.Tensor, plan:RoutingPlan)->torch.Tensor:
-    "Reference combine: per-token weighted sum of its k rows in fp32, skipping pairs with inv = -1."
-    T, k = weights.shape
+def combine_torch(rows:torch.Tensor, weights:torch.Tensor|None, plan:RoutingPlan)->torch.Tensor:
+    "Reference combine: per-token (weighted) sum of its k rows in fp32, skipping pairs with inv = -1."
+    k = plan.top_k
+    T = plan.inv.numel() // k
     ok = plan.inv >= 0
     r = torch.where(ok[:, None], rows[plan.inv.clamp_min(0)].float(), 0)
-    w = torch.where(ok, weights.reshape(-1).float(), 0)
+    w = torch.where(ok, weights.reshape(-1).float() if weights is not None else 1.0, 0)
     return (r * w[:, None]).view(T, k, rows.shape[1]).sum(1).to(rows.dtype)
 
 # %% ../nbs/02_dispatch.ipynb #df75ec6e
@@ -210,13 +211,13 @@ def _combine_kernel(rows_ptr, w_ptr, inv_ptr, out_ptr, H, K,
 
 @triton.jit
 def _combine_bwd_kernel(dout_ptr, rows_ptr, w_ptr, inv_ptr, drows_ptr, dw_ptr, H, K,
-                        NEED_DW: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr):
-    "drows[inv[t,j]] = w[t,j]·dout[t]; dw[t,j] = <dout[t], rows[inv[t,j]]> (fp32)."
+                        HAS_W: tl.constexpr, NEED_DW: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr):
+    "drows[inv[t,j]] = w[t,j]·dout[t] (w = 1 without HAS_W); dw[t,j] = <dout[t], rows[inv[t,j]]> (fp32)."
     t = tl.program_id(0).to(tl.int64)
     j = tl.arange(0, KP)
     r = tl.load(inv_ptr + t * K + j, mask=j < K, other=-1)
     ok = r >= 0
-    w = tl.load(w_ptr + t * K + j, mask=ok, other=0.).to(tl.float32)
+    w = tl.load(w_ptr + t * K + j, mask=ok, other=0.).to(tl.float32) if HAS_W else tl.where(ok, 1.0, 0.0)
     dot = tl.zeros([KP], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         c = h0 + tl.arange(0, BLOCK_H)
@@ -234,8 +235,9 @@ def _bh(H): return min(triton.next_power_of_2(max(H, 1)), 1024)
 def _gather_fwd(x, tok, order):
     N, H = tok.numel(), x.shape[1]
     out = torch.empty(N, H, dtype=x.dtype, device=x.device)
-    if N and H: _gather_kernel[(triton.cdiv(N, 8), triton.cdiv(H, _bh(H)))](x, tok, order if order is not None else tok, out, N, H,
-                                                                              HAS_VALID=order is not None, BLOCK_R=8, BLOCK_H=_bh(H))
+    bh = min(_bh(H), 256)
+    if N and H: _gather_kernel[(triton.cdiv(N, 16), triton.cdiv(H, bh))](x, tok, order if order is not None else tok, out, N, H,
+                                                                         HAS_VALID=order is not None, BLOCK_R=16, BLOCK_H=bh)
     return out
 
 def _combine_fwd(rows, w, inv, T, k, dtype):
@@ -257,23 +259,27 @@ class _Gather(torch.autograd.Function):
 
 class _Combine(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, weights, inv, padded):
-        rows, weights = rows.contiguous(), weights.contiguous()
-        ctx.save_for_backward(rows, weights, inv); ctx.padded = padded
-        T, k = weights.shape
-        return _combine_fwd(rows, weights, inv, T, k, rows.dtype)
+    def forward(ctx, rows, weights, inv, padded, k):
+        rows = rows.contiguous()
+        weights = weights.contiguous() if weights is not None else None
+        need_dw = weights is not None and ctx.needs_input_grad[1]
+        # the rows are needed only for the weights' gradient: an unweighted combine keeps none of them
+        ctx.save_for_backward(rows if need_dw else None, weights, inv)
+        ctx.padded, ctx.k, ctx.shape, ctx.dtype = padded, k, rows.shape, rows.dtype
+        return _combine_fwd(rows, weights, inv, inv.numel() // k, k, rows.dtype)
     @staticmethod
     def backward(ctx, g):
         rows, weights, inv = ctx.saved_tensors
-        T, k = weights.shape
-        need_dw = ctx.needs_input_grad[1]
-        drows = (torch.zeros_like if ctx.padded else torch.empty_like)(rows)   # padding rows have no writer
-        dw = torch.empty(T, k, dtype=torch.float32, device=rows.device) if need_dw else None
-        if T and rows.shape[1]:
-            _combine_bwd_kernel[(T,)](g.contiguous(), rows, weights, inv, drows, dw if need_dw else weights, rows.shape[1], k,
-                                      NEED_DW=need_dw, KP=triton.next_power_of_2(k), BLOCK_H=_bh(rows.shape[1]))
+        k, H = ctx.k, ctx.shape[1]
+        T, need_dw = inv.numel() // k, rows is not None
+        drows = (torch.zeros if ctx.padded else torch.empty)(ctx.shape, dtype=ctx.dtype, device=g.device)   # padding rows have no writer
+        dw = torch.empty(T, k, dtype=torch.float32, device=g.device) if need_dw else None
+        if T and H:
+            _combine_bwd_kernel[(T,)](g.contiguous(), rows if need_dw else g, weights if weights is not None else inv, inv, drows,
+                                      dw if need_dw else g, H, k, HAS_W=weights is not None, NEED_DW=need_dw,
+                                      KP=triton.next_power_of_2(k), BLOCK_H=_bh(H))
         elif need_dw: dw.zero_()
-        return drows, (dw.to(weights.dtype) if need_dw else None), None, None
+        return drows, (dw.to(weights.dtype) if need_dw else None), None, None, None
 
 # %% ../nbs/02_dispatch.ipynb #87c74151
 def gather(x:torch.Tensor,               # (T, H) token rows
@@ -286,7 +292,7 @@ def gather(x:torch.Tensor,               # (T, H) token rows
     return _Gather.apply(x, plan.token_idx, plan.order if plan.valid is not None else None, plan.inv, plan.top_k)
 
 def combine(rows:torch.Tensor,           # (N, H) expert outputs in plan order
-            weights:torch.Tensor,        # (T, k) routing weights (fp32 usually)
+            weights:torch.Tensor|None,   # (T, k) routing weights (fp32 usually); None: rows already weighted, just sum
             plan:RoutingPlan,            # the plan the rows follow
             use_triton:bool|None=None    # None: Triton on CUDA, torch elsewhere
            )->torch.Tensor:
@@ -294,4 +300,4 @@ def combine(rows:torch.Tensor,           # (N, H) expert outputs in plan order
     _check_combine(rows, weights, plan)
     if not _pick(rows, use_triton): return combine_torch(rows, weights, plan)
     padded = plan.valid is not None or rows.shape[0] != plan.inv.numel()
-    return _Combine.apply(rows, weights, plan.inv, padded)
+    return _Combine.apply(rows, weights, plan.inv, padded, plan.top_k)

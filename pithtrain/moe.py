@@ -101,7 +101,7 @@ class MoE(nn.Module):
             y = ep_combine(ffn(rows, plan, w1, w2, b1, b2, **self.act_kw), r.weights, handle)
         elif self.mode == 'fast':
             plan = make_plan(r.ids, self.n_experts)
-            y = combine(ffn(h, plan, w1, w2, b1, b2, **self.act_kw), r.weights, plan)
+            y = combine(ffn(h, plan, w1, w2, b1, b2, weights=r.weights, **self.act_kw), None, plan)   # rows come weighted
         else: y = moe_reference(h, r.ids, r.weights, w1, w2, b1, b2, **self.act_kw)
         if self.shared is not None:
             s = self.shared(h)

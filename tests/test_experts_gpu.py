@@ -127,7 +127,7 @@ def test_wgrad_notes_grad_sq_norm_and_clip_uses_it():
 @pytest.mark.gpu
 @pytest.mark.parametrize('tma', [True, False], ids=['tma', 'pointers'])
 def test_every_config_both_load_paths(tma, monkeypatch):
-    "Every autotune configuration of the four kernels, with TMA (tensor-descriptor) loads and with pointer loads, on awkward sizes."
+    "Every autotune configuration of the five kernels, TMA (tensor-descriptor) and pointer loads, routing weights folded in, awkward sizes."
     import pithtrain.experts as X
     g = torch.Generator(device='cuda').manual_seed(1)
     T, E, k, H, I = 300, 8, 2, 320, 96   # experts with 0 and 1 rows, sizes not multiples of the tiles
@@ -136,19 +136,24 @@ def test_every_config_both_load_paths(tma, monkeypatch):
     x = torch.randn(T, H, device='cuda', generator=g).bfloat16().requires_grad_()
     w1 = (torch.randn(E, H, 2 * I, device='cuda', generator=g) / H**0.5).requires_grad_()
     w2 = (torch.randn(E, I, H, device='cuda', generator=g) / I**0.5).requires_grad_()
+    wts = torch.rand(T, k, device='cuda', generator=g).requires_grad_()
     dy = torch.randn(T * k, H, device='cuda', generator=g).bfloat16()
-    ref = expert_ffn_reference(x.float(), plan, w1, w2)
-    rgrads = torch.autograd.grad(ref, (x, w1, w2), dy.float())
+    ins = (x, w1, w2, wts)
+    ref = expert_ffn_reference(x.float(), plan, w1, w2, weights=wts)
+    rgrads = torch.autograd.grad(ref, ins, dy.float())
     monkeypatch.setattr(X, '_TMA', tma)
-    for name in ('_fc1', '_mm', '_dh', '_wg'):
+    for name in ('_fc1', '_mm', '_dh', '_wg', '_pmm'):
         tuned = getattr(X, name)
         monkeypatch.setattr(X, '_DH_SPLIT', name != '_dh')   # `_dh` serves the TMA path only with the split off
+        monkeypatch.setattr(X, '_PERSIST', name != '_mm')    # with TMA, `_mm` serves the plain products only without `_pmm`
         for shape in X._SHAPES[name]:
             cfg = X._cfgs(shape)
             monkeypatch.setattr(X, name, X._tuned(tuned.fn, cfg, tuned.keys))
             _poison()
-            y = expert_ffn(x, plan, w1, w2)
-            grads = torch.autograd.grad(y, (x, w1, w2), dy)
-            errs = [_rel(a, b) for a, b in zip((y, *grads), (ref, *rgrads))]
+            y = expert_ffn(x, plan, w1, w2, weights=None if name == '_dh' else wts)   # the fused `_dh` takes no weights
+            r, rg = (expert_ffn_reference(x.float(), plan, w1, w2), None) if name == '_dh' else (ref, rgrads)
+            grads = torch.autograd.grad(y, ins[:3] if name == '_dh' else ins, dy)
+            if rg is None: rg = torch.autograd.grad(r, ins[:3], dy.float())
+            errs = [_rel(a, b) for a, b in zip((y, *grads), (r, *rg))]
             assert max(errs) <= 1e-2, (name, shape, errs)
         monkeypatch.setattr(X, name, tuned)
