@@ -452,8 +452,7 @@ def _dgu(dy, offs, w2c, gu, oai, inter, alpha, limit, rw=None, need_drw=False)->
     dh = _launch(_mm, dy, None, offs, w2c, None, torch.empty(N, I, device=dy.device, dtype=gu.dtype), None, H, I, I,
                  w2c.stride(1), w2c.stride(2), 0)
     drw = torch.empty(N, device=dy.device, dtype=torch.float32) if need_drw else None
-    BI = min(triton.next_power_of_2(max(I, 1)), 512)
-    BR = max(1, 2048 // BI)
+    BI, BR = min(triton.next_power_of_2(max(I, 1)), 256), 8   # `benchmarks/act_bwd_tiles.py`: 8 × 256, 4 warps, at both shapes
     if N: _act_bwd_kernel[(triton.cdiv(N, BR),)](dh, gu, dgu, rw if rw is not None else dh, drw if need_drw else dh, N, I,
                                                float(alpha), float(limit), OAI=oai, INTER=inter, ROWW=rw is not None,
                                                DW=need_drw, BR=BR, BI=BI)
