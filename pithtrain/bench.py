@@ -88,7 +88,8 @@ def pithtrain_step(c, B:int, S:int, device:torch.device,
                    compile:bool=False, # torch.compile the dense parts of each block (`trainer.compile_dense`)
                    sync:bool=False,    # read the is-finite flag every step, as `trainer.train` does
                    setup=None,         # setup(model) before compiling (a lever)
-                   graph:bool=False    # forward + backward replayed as one CUDA graph (`trainer.GraphedStep`)
+                   graph:bool=False,   # forward + backward replayed as one CUDA graph (`trainer.GraphedStep`)
+                   overlap:bool=False  # with graph: the AdamW step on a side stream beside the next forward
                   )->tuple:
     "pithtrain's Qwen3-MoE with fp32 master weights and the trainer's step: `(model, optimizer, step)`."
     from pithtrain.qwen3_moe import Qwen3MoE
@@ -104,7 +105,7 @@ def pithtrain_step(c, B:int, S:int, device:torch.device,
     amp = torch.bfloat16 if device.type == 'cuda' else None
     data = itertools.cycle(random_batches(4, B, S, c.vocab_size, device))
     import pithtrain.distributed as D   # looked up at call time: a lever may patch `clipped_step`
-    fb = GraphedStep(model, device, amp) if graph else (lambda b: forward_backward(model, b, device, amp))
+    fb = GraphedStep(model, device, amp, opt=opt if overlap else None) if graph else (lambda b: forward_backward(model, b, device, amp))
     def step():
         loss, _, _ = fb([next(data)])
         gn = D.clip_grad_norm_(params, float('inf'))   # as the trainer: measure, clip inside the step
@@ -297,7 +298,8 @@ class patched:
 ROW_KEYS = ('preset', 'pithtrain_tokens_per_s', 'hf_tokens_per_s', 'ratio', 'pithtrain_mfu', 'pithtrain_peak_mem_gb',
             'hf_peak_mem_gb', 'pithtrain_activation_mem_gb', 'hf_activation_mem_gb')
 
-VARIANTS = ('pithtrain', 'pithtrain+compile', 'pithtrain+graph', 'pithtrain+compile+graph')   # the row takes the fastest
+VARIANTS = ('pithtrain', 'pithtrain+compile', 'pithtrain+graph', 'pithtrain+compile+graph', 'pithtrain+graph+overlap',
+            'pithtrain+compile+graph+overlap')   # the row takes the fastest
 
 def make_row(preset:str, ms:list)->dict:
     "The results row of one preset from its measurements (pithtrain's fastest variant against HF)."
@@ -317,6 +319,7 @@ def parse_args(argv:list|None=None, prog:str='pithtrain bench'):
     ap.add_argument('--warmup', type=int, default=3, help='untimed steps first (autotune, compile)')
     ap.add_argument('--compile', action='store_true', help='also measure pithtrain with torch.compile of the dense blocks')
     ap.add_argument('--graph', action='store_true', help='also measure pithtrain with forward + backward as one CUDA graph (with --compile: compiled too)')
+    ap.add_argument('--overlap', action='store_true', help='with --graph: also measure the AdamW step on a side stream beside the next forward')
     ap.add_argument('--profile', action='store_true', help='break the pithtrain step down by component')
     ap.add_argument('--levers', nargs='*', default=None, choices=LEVERS, metavar='LEVER',
                     help=f'also measure pithtrain with one design choice undone at a time: all, or those named ({", ".join(LEVERS)})')
@@ -387,10 +390,14 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
     extra = [('lever', names[0])] if names else []          # the first (flash-attention when all): the newest choice
     extra += [('compile', None)] if a.compile and not a.cpu_smoke else []
     extra += [('graph', None)] if a.graph and not a.cpu_smoke else []
+    extra += [('overlap', None)] if a.graph and a.overlap and not a.cpu_smoke else []
     extra += [('lever', n) for n in names[1:]]
     for kind, n in extra:
         for p in a.presets:
             if kind == 'compile': later(p, 'pithtrain+compile', lambda c, B, S: pithtrain_step(c, B, S, device, compile=True)); continue
+            if kind == 'overlap':
+                later(p, 'pithtrain+compile+graph+overlap' if a.compile else 'pithtrain+graph+overlap',
+                      lambda c, B, S: pithtrain_step(c, B, S, device, compile=a.compile, graph=True, overlap=True)); continue
             if kind == 'graph':
                 later(p, 'pithtrain+compile+graph' if a.compile else 'pithtrain+graph',
                       lambda c, B, S: pithtrain_step(c, B, S, device, compile=a.compile, graph=True)); continue

@@ -139,11 +139,40 @@ class AdamW(torch.optim.AdamW):
             try: super().step()
             finally: self.grad_scale = gs
             return loss
+        if getattr(self, 'stages', None) is not None: self._staged_step(gs); return loss
         for grp in self.param_groups:
-            (b1, b2), lr = grp['betas'], float(grp['lr'])
             for p in grp['params']:
-                if p.grad is not None: self._update(p, lr, b1, b2, grp['eps'], grp['weight_decay'], gs)
+                if p.grad is not None: self._update(p, *self._hp(grp), gs)
         return loss
+
+    def _hp(self, grp)->tuple: return float(grp['lr']), *grp['betas'], grp['eps'], grp['weight_decay']
+
+    def overlap(self, stages:list, # lists of parameters, in the order the forward uses them
+                device:torch.device)->list:
+        "From now on step on a side stream, stage by stage; returns the stages' events (external: a CUDA graph waits on them)."
+        self.stages, self.side = stages, torch.cuda.Stream(device)
+        self.events = [torch.cuda.Event(external=True) for _ in stages]
+        for e in self.events: e.record()   # created now, so a graph captured before the first step waits on them
+        return self.events
+
+    def join(self):
+        "Make the current stream wait for the last side-stream step (before anything else reads parameters or state)."
+        if getattr(self, 'stages', None) is not None: torch.cuda.current_stream().wait_event(self.events[-1])
+
+    def _staged_step(self, gs):
+        "The update on the side stream, one stage at a time, each stage's event recorded after it (parameters in no stage go last)."
+        grp = {id(p): g for g in self.param_groups for p in g['params']}
+        seen = {id(p) for s in self.stages for p in s}
+        rest = [p for g in self.param_groups for p in g['params'] if id(p) not in seen]
+        self.side.wait_stream(torch.cuda.current_stream())   # the gradients and the clip factor are made there
+        if gs is not None: gs.record_stream(self.side)        # freed after this call: not reused before the side stream is done
+        with torch.cuda.stream(self.side):
+            for i, (stage, ev) in enumerate(zip(self.stages, self.events)):
+                for p in (stage + rest if i == len(self.stages) - 1 else stage):
+                    if p.grad is None or id(p) not in grp: continue
+                    p.grad.record_stream(self.side)   # the caller may drop the gradient (zero_grad) before the kernel ran
+                    self._update(p, *self._hp(grp[id(p)]), gs)
+                ev.record()
 
     def _update(self, p, lr, b1, b2, eps, wd, gs):
         st = self.state[p]

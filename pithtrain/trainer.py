@@ -56,6 +56,7 @@ class TrainConfig(Config):
     activation_checkpointing:bool = False
     compile:bool = False                  # torch.compile the dense (non-MoE) parts of each block
     cuda_graph:bool = False               # replay forward + backward as one CUDA graph (`GraphedStep`; one process, grad_accum 1)
+    overlap_optimizer:bool = False        # with cuda_graph and AdamW: its step on a side stream beside the next forward
     dtype:str = choice('auto', 'bf16', 'fp32')  # compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU
     device:str = 'auto'
     ep:int = check(1, positive, 'must be > 0')  # expert-parallel degree (under torchrun; the world size must be a multiple)
@@ -158,10 +159,26 @@ def evaluate(model:nn.Module, batches, device:torch.device, amp:torch.dtype|None
 class GraphedStep:
     "`forward_backward` of one micro-batch as a CUDA graph: captured on first use (and when what it reads changes), then replayed."
     def __init__(self, model:nn.Module, device:torch.device, amp:torch.dtype|None, # as for `forward_backward`
-                 warmup:int=2 # eager steps on a side stream before the first capture (autotuning, lazy init)
+                 warmup:int=2, # eager steps on a side stream before the first capture (autotuning, lazy init)
+                 opt=None      # an `optim.AdamW`: its steps then run beside the next forward (`AdamW.overlap`)
                 ):
         if device.type != 'cuda': raise ValueError(f"GraphedStep needs a CUDA device (got {device})")
         self.model, self.device, self.amp, self.warmup, self.graph, self.captures = model, device, amp, warmup, None, 0
+        self.events = None if opt is None else self._overlap(opt)
+
+    def _overlap(self, opt)->list:
+        "Stages of the optimizer's step: the embedding, each block, the rest; each stage's module waits for its event."
+        m = self.model
+        if not (hasattr(opt, 'overlap') and opt._triton() and all(hasattr(m, a) for a in ('embed_tokens', 'layers', 'norm'))):
+            raise ValueError("GraphedStep(opt=...) needs pithtrain's AdamW over CUDA parameters and a model with embed_tokens, layers and norm")
+        mods, seen, stages = [m.embed_tokens, *m.layers], set(), []
+        for mod in mods + [m]:   # the last stage: every parameter not yet taken (final norm, head, ...)
+            ps = [p for p in mod.parameters() if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in ps); stages.append(ps)
+        events = opt.overlap(stages, self.device)
+        for mod, ev in zip(mods + [m.norm], events):   # the final norm waits for the last stage: the whole step
+            mod.register_forward_pre_hook(lambda _m, _a, ev=ev: torch.cuda.current_stream().wait_event(ev))
+        return events
 
     def _key(self, x, y)->tuple:
         "What a graph depends on besides the batch's values: shapes, where parameters and buffers live, which compute copies are current."
@@ -171,6 +188,7 @@ class GraphedStep:
                 tuple((id(p.compute_copy), p.compute_copy_version == p._version) for p in ws))
 
     def _capture(self, x, y):
+        if self.events is not None: torch.cuda.synchronize(self.device)   # a side-stream step may still read the old pool
         self.graph = self.out = None; self.grads = []            # drop the previous graph and everything in its pool
         for p in self.model.parameters(): p.grad = None
         self.x, self.y = x.to(self.device).clone(), y.to(self.device).clone()
@@ -357,7 +375,8 @@ def train(cfg:TrainConfig,              # the run's config
     if cfg.compile: compile_dense(model)
     if cfg.cuda_graph and (device.type != 'cuda' or info.distributed):
         raise ConfigError(f"TrainConfig.cuda_graph: needs one process on a CUDA device (got {device}, world {info.world})")
-    fb = GraphedStep(model, device, amp) if cfg.cuda_graph else partial(forward_backward, model, device=device, amp=amp)
+    ov = opt if cfg.cuda_graph and cfg.overlap_optimizer and hasattr(opt, 'overlap') and opt._triton() else None
+    fb = GraphedStep(model, device, amp, opt=ov) if cfg.cuda_graph else partial(forward_backward, model, device=device, amp=amp)
     if val_loader is None and hasattr(loader, 'ds'):
         from pithtrain.data import Loader
         val_loader = Loader([d.path for d in loader.ds], cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=info.rank, world_size=info.world, split='val')
@@ -369,6 +388,7 @@ def train(cfg:TrainConfig,              # the run's config
     summary = dict(run_dir=str(run_dir), start_step=step, first_loss=None, last_loss=None, val_loss=None, skipped=0, stopped_by=None)
 
     def save(s):
+        if ov is not None: ov.join()   # the last update may still run on the side stream
         if not info.distributed: return save_checkpoint(ckpt_dir, s, model, opt, sched, loader, extra, cfg.keep_last)
         path = ckpt_dir/f'step_{s:08d}'
         save_dcp(path, model, opt, info, extra=dict(extra, step=s, scheduler=sched.state_dict(), loader=loader.state_dict()))

@@ -144,3 +144,41 @@ def test_cuda_graph_training_run(tmp_path):
     tr = [json.loads(l) for l in (tmp_path/'metrics.jsonl').read_text().splitlines()]
     tr = [r for r in tr if 'loss' in r]
     assert tr[-1]['loss'] < 0.8 * tr[0]['loss'], tr
+
+@pytest.mark.gpu
+def test_cuda_graph_overlapped_optimizer_matches(tmp_path):
+    "GraphedStep(opt=...): the AdamW step on a side stream beside the next forward gives the losses and weights of the step after it."
+    from pithtrain.trainer import GraphedStep
+    from pithtrain.optim import build_optimizer
+    from pithtrain.distributed import clip_grad_norm_, clipped_step
+    from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
+    dev = torch.device('cuda'); torch.manual_seed(0)
+    c = Qwen3MoEConfig.preset('tiny')
+    ma, mb = Qwen3MoE(c).to(dev), Qwen3MoE(c).to(dev); mb.load_state_dict(ma.state_dict())
+    g = torch.Generator().manual_seed(1)
+    data = [(ids, ids.roll(-1, 1)) for ids in (torch.randint(0, c.vocab_size, (4, 64), generator=g) for _ in range(8))]
+    runs, opts = {}, {}
+    for name, m in (('after', ma), ('beside', mb)):
+        opt, ps, ls = build_optimizer(m, 'adamw', lr=1e-3), [p for p in m.parameters() if p.requires_grad], []
+        fb = GraphedStep(m, dev, torch.bfloat16, opt=opt if name == 'beside' else None)
+        for x, y in data:
+            loss, aux, counts = fb([(x.to(dev), y.to(dev))])
+            clipped_step(opt, ps, clip_grad_norm_(ps, float('inf')), 1.0); opt.zero_grad(set_to_none=True)
+            ls.append(loss.item())
+        runs[name], opts[name] = ls, opt
+    opts['beside'].join(); torch.cuda.synchronize()
+    assert max(abs(a - b) for a, b in zip(runs['after'], runs['beside'])) < 1e-3, runs
+    for pa, pb in zip(ma.parameters(), mb.parameters()): assert (pa - pb).norm() <= 1e-3 * pa.norm() + 1e-6
+    for pa, pb in zip(ma.parameters(), mb.parameters()):
+        if getattr(pa, 'compute_copy', None) is not None: assert (pa.compute_copy.float() - pb.compute_copy.float()).norm() <= 1e-3 * pa.norm() + 1e-6
+
+@pytest.mark.gpu
+def test_cuda_graph_training_run_overlapped_optimizer(tmp_path):
+    "The trainer with cuda_graph and overlap_optimizer: loss falls, a checkpointed run resumes."
+    c = TrainConfig(run_dir=str(tmp_path), batch_size=8, seq_len=128, steps=24, warmup=4, log_every=4, eval_every=12, device='cuda',
+                    cuda_graph=True, overlap_optimizer=True)
+    s = train(c, progress=False, stop_after=12)
+    s = train(c, progress=False)
+    assert s['start_step'] == 12 and s['step'] == 24
+    tr = [r for r in (json.loads(l) for l in (tmp_path/'metrics.jsonl').read_text().splitlines()) if 'loss' in r]
+    assert tr[-1]['loss'] < 0.8 * tr[0]['loss'], tr
