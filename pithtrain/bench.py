@@ -54,8 +54,11 @@ def time_steps(step, # a callable: one training step
     for _ in range(warmup): step()
     if cuda: torch.cuda.synchronize(device)
     if cuda and reset_peak: torch.cuda.reset_peak_memory_stats(device)
-    marks = [_mark(cuda)]
-    for _ in range(steps): step(); marks.append(_mark(cuda))
+    marks, join = [_mark(cuda)], getattr(step, 'join', None)   # join: work the step leaves on a side stream (AdamW beside the forward)
+    for i in range(steps):
+        step()
+        if join is not None and i == steps - 1: join()   # the last step's own update, else the total would miss it
+        marks.append(_mark(cuda))
     if cuda: marks[-1].synchronize()
     ms = [_elapsed_ms(a, b, cuda) for a, b in zip(marks, marks[1:])]
     return dict(step_ms=ms, median_ms=statistics.median(ms), mean_ms=statistics.fmean(ms),
@@ -112,6 +115,7 @@ def pithtrain_step(c, B:int, S:int, device:torch.device,
         if sync and not bool(torch.isfinite(loss + gn)): raise FloatingPointError('non-finite loss or gradient norm')
         D.clipped_step(opt, params, gn, 1.0); sched.step(); opt.zero_grad(set_to_none=True)
         for r in routers: r.update_bias()
+    step.join = opt.join if graph and overlap else None
     return model, opt, step
 
 def hf_step(c, B:int, S:int, device:torch.device)->tuple:
