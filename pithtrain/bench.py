@@ -213,9 +213,9 @@ def profile_components(model, opt, B:int, S:int, device:torch.device, step_ms:fl
         with ac(): o = moe.router(h, seq_len=S)
         torch.autograd.backward([o.weights, o.aux_loss], [gw, torch.ones_like(o.aux_loss)])
     def dispatch():
-        p = make_plan(ids, E); combine(rows, wts, p).backward(gh)
+        p = make_plan(ids, E); combine(rows, None, p).backward(gh)   # rows come weighted from the experts (as `MoE.forward`)
     def experts():
-        with ac(): o = ffn(h, plan, moe.w1, moe.w2)   # fp32 masters, cast inside (as `MoE.forward`)
+        with ac(): o = ffn(h, plan, moe.w1, moe.w2, weights=wts)   # fp32 masters cast inside, routing weights folded in (as `MoE.forward`)
         o.backward(rows.detach().to(o.dtype))
     def ce():
         with ac(): loss = cross_entropy(hn, model.head_weight(), labels)   # the fp32 master head, cast inside (as `lm_output`)
