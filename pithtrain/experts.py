@@ -377,14 +377,17 @@ _wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*_SHAPES['_wg']), ['KO', 'NO', 'MB',
 # %% ../nbs/03_experts.ipynb #31520db0
 def _mb(n:int)->int: return triton.next_power_of_2(max(n, 1))  # the autotune key's row-count bucket
 
-_CAPS = {}   # device index -> compute capability major (asked once per device)
+_PROPS = {}   # device index -> its properties (asked once per device)
+def _props(dev:torch.device):
+    "The CUDA device's properties (compute capability, SM count), cached."
+    i = dev.index if dev.index is not None else torch.cuda.current_device()
+    if i not in _PROPS: _PROPS[i] = torch.cuda.get_device_properties(i)
+    return _PROPS[i]
+
 def _tma_ok(*ts)->bool:
     "Can these operands go through tensor descriptors: TMA on a Hopper-or-newer GPU (or the interpreter), 16-byte aligned rows."
     if not _TMA or not ts[0].is_cuda and not _INTERPRET: return False
-    if ts[0].is_cuda:
-        i = ts[0].device.index if ts[0].device.index is not None else torch.cuda.current_device()
-        if i not in _CAPS: _CAPS[i] = torch.cuda.get_device_capability(i)[0]
-        if _CAPS[i] < 9: return False
+    if ts[0].is_cuda and _props(ts[0].device).major < 9: return False
     return all(t.is_contiguous() and t.data_ptr() % 16 == 0 and (t.shape[-1] * t.element_size()) % 16 == 0 for t in ts)
 
 def _desc(t:torch.Tensor)->TensorDescriptor:
@@ -393,12 +396,8 @@ def _desc(t:torch.Tensor)->TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [16, 16])
 
 def _nprog(dev:torch.device)->int:
-    "Programs of a persistent launch: the device's SM count (asked once per device); 4 in the interpreter."
-    if dev.type != 'cuda': return 4
-    i = dev.index if dev.index is not None else torch.cuda.current_device()
-    if i not in _SMS: _SMS[i] = torch.cuda.get_device_properties(i).multi_processor_count
-    return _SMS[i]
-_SMS = {}
+    "Programs of a persistent launch: the device's SM count; 4 in the interpreter."
+    return _props(dev).multi_processor_count if dev.type == 'cuda' else 4
 
 def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0, rw=None):
     "Launch one grouped GEMM over all experts: c[rows] = a[rows] @ (w[e] with strides (swk, swn)); rw: (N,) row weights (act 1)."
