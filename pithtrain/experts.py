@@ -109,18 +109,28 @@ def expert_ffn_grouped_mm(x, plan, w1, w2, b1=None, b2=None, act='swiglu', alpha
 
 # %% ../nbs/03_experts.ipynb #c56c6ac5
 @triton.jit
-def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
-    "Row tile `pid_m` -> (expert, first row, end of that expert's rows); first >= end means no work."
+def _expert_rows(offs, E, BM:tl.constexpr, EP2:tl.constexpr):
+    "Per expert (a vector over EP2 slots): its rows lo:hi, its row tiles, and the running tile count `ends`."
     e_ = tl.arange(0, EP2)
     lo = tl.load(offs + e_, mask=e_ < E, other=0)
     hi = tl.load(offs + e_ + 1, mask=e_ < E, other=0)
     tiles = (hi - lo + BM - 1) // BM
-    ends = tl.cumsum(tiles, 0)
+    return e_, lo, hi, tiles, tl.cumsum(tiles, 0)
+
+@triton.jit
+def _tile_rows(e_, lo, hi, tiles, ends, pid_m, BM:tl.constexpr):
+    "Row tile `pid_m` -> (expert, first row, end of that expert's rows), from `_expert_rows`."
     e = tl.sum((ends <= pid_m).to(tl.int32), 0)
     here = e_ == e
     first = tl.sum(tl.where(here, ends - tiles, 0), 0)
     row0 = tl.sum(tl.where(here, lo, 0), 0) + (pid_m - first) * BM
     return e, row0, tl.sum(tl.where(here, hi, 0), 0)
+
+@triton.jit
+def _expert_tile(offs, E, pid_m, BM:tl.constexpr, EP2:tl.constexpr):
+    "Row tile `pid_m` -> (expert, first row, end of that expert's rows); first >= end means no work."
+    e_, lo, hi, tiles, ends = _expert_rows(offs, E, BM, EP2)
+    return _tile_rows(e_, lo, hi, tiles, ends, pid_m, BM)
 
 # %% ../nbs/03_experts.ipynb #4e9045ed
 @triton.jit
@@ -237,18 +247,11 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, rw, a_d, w_d, E, K, NO, I,
 def _pmm_kernel(a_d, w_d, offs, bias, c, E, K, NO, sc_m, NPROG, MB, HAS_BIAS:tl.constexpr, TW:tl.constexpr,
                 EP2:tl.constexpr, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr):
     "Persistent grouped GEMM c[rows] = a[rows] @ w[e] (+ bias) through tensor descriptors: program p takes tiles p, p + NPROG, …"
-    e_ = tl.arange(0, EP2)
-    lo = tl.load(offs + e_, mask=e_ < E, other=0)
-    hi = tl.load(offs + e_ + 1, mask=e_ < E, other=0)
-    tiles = (hi - lo + BM - 1) // BM
-    ends = tl.cumsum(tiles, 0)
+    e_, lo, hi, tiles, ends = _expert_rows(offs, E, BM, EP2)   # once: the loop maps each tile through them
     n_tiles = tl.cdiv(NO, BN)
     for t in tl.range(tl.program_id(0), tl.sum(tiles, 0) * n_tiles, NPROG, flatten=True):
         pid_m, pid_n = t // n_tiles, t % n_tiles
-        e = tl.sum((ends <= pid_m).to(tl.int32), 0)
-        here = e_ == e
-        row0 = tl.sum(tl.where(here, lo + (pid_m - (ends - tiles)) * BM, 0), 0)
-        rend = tl.sum(tl.where(here, hi, 0), 0)
+        e, row0, rend = _tile_rows(e_, lo, hi, tiles, ends, pid_m, BM)
         acc = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
             bt = tl.trans(w_d.load([e * NO + pid_n * BN, k0])) if TW else w_d.load([e * K + k0, pid_n * BN])
