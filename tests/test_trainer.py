@@ -108,27 +108,35 @@ def test_export_hf_and_finetune_from_it(tmp_path):
     scratch = train(cfg(tmp_path/'scratch', steps=2), progress=False)
     assert ft['first_loss'] < scratch['first_loss'] - 1.0, (ft, scratch)
 
-@pytest.mark.gpu
-def test_cuda_graph_step_matches_eager(tmp_path):
-    "GraphedStep: forward + backward replayed as a CUDA graph gives the eager step's losses and updates; recaptured when copies appear."
-    from pithtrain.trainer import GraphedStep, forward_backward
-    from pithtrain.optim import build_optimizer
-    from pithtrain.distributed import clip_grad_norm_, clipped_step
+def _twin_tiny_models(n_batches:int):
+    "Two identical tiny Qwen3-MoE models on the GPU and `n_batches` (input_ids, labels) batches."
     from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
     dev = torch.device('cuda'); torch.manual_seed(0)
     c = Qwen3MoEConfig.preset('tiny')
     ma, mb = Qwen3MoE(c).to(dev), Qwen3MoE(c).to(dev); mb.load_state_dict(ma.state_dict())
     g = torch.Generator().manual_seed(1)
-    data = [(ids, ids.roll(-1, 1)) for ids in (torch.randint(0, c.vocab_size, (4, 64), generator=g) for _ in range(6))]
+    data = [(ids, ids.roll(-1, 1)) for ids in (torch.randint(0, c.vocab_size, (4, 64), generator=g) for _ in range(n_batches))]
+    return dev, ma, mb, data
+
+def _train_losses(m, fb, opt, data, dev)->list:
+    "The trainer's step (`fb`, clipped AdamW) over `data`; the losses."
+    from pithtrain.distributed import clip_grad_norm_, clipped_step
+    ps, ls = [p for p in m.parameters() if p.requires_grad], []
+    for x, y in data:
+        loss, aux, counts = fb([(x.to(dev), y.to(dev))])
+        clipped_step(opt, ps, clip_grad_norm_(ps, float('inf')), 1.0); opt.zero_grad(set_to_none=True)
+        ls.append(loss.item())
+    return ls
+
+@pytest.mark.gpu
+def test_cuda_graph_step_matches_eager(tmp_path):
+    "GraphedStep: forward + backward replayed as a CUDA graph gives the eager step's losses and updates; recaptured when copies appear."
+    from pithtrain.trainer import GraphedStep, forward_backward
+    from pithtrain.optim import build_optimizer
+    dev, ma, mb, data = _twin_tiny_models(6)
     gs = GraphedStep(mb, dev, torch.bfloat16)
-    runs = {}
-    for name, m, fb in (('eager', ma, lambda b: forward_backward(ma, b, dev, torch.bfloat16)), ('graph', mb, gs)):
-        opt, ps, ls = build_optimizer(m, 'adamw', lr=1e-3), [p for p in m.parameters() if p.requires_grad], []
-        for x, y in data:
-            loss, aux, counts = fb([(x.to(dev), y.to(dev))])
-            clipped_step(opt, ps, clip_grad_norm_(ps, float('inf')), 1.0); opt.zero_grad(set_to_none=True)
-            ls.append(loss.item())
-        runs[name] = ls
+    runs = {name: _train_losses(m, fb, build_optimizer(m, 'adamw', lr=1e-3), data, dev)
+            for name, m, fb in (('eager', ma, lambda b: forward_backward(ma, b, dev, torch.bfloat16)), ('graph', mb, gs))}
     assert gs.captures == 2, gs.captures   # once with casts, once more when the optimizer's bf16 copies exist
     assert max(abs(a - b) for a, b in zip(runs['eager'], runs['graph'])) < 2e-2, runs
     assert runs['graph'][-1] < runs['graph'][0]
@@ -150,22 +158,11 @@ def test_cuda_graph_overlapped_optimizer_matches(tmp_path):
     "GraphedStep(opt=...): the AdamW step on a side stream beside the next forward gives the losses and weights of the step after it."
     from pithtrain.trainer import GraphedStep
     from pithtrain.optim import build_optimizer
-    from pithtrain.distributed import clip_grad_norm_, clipped_step
-    from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
-    dev = torch.device('cuda'); torch.manual_seed(0)
-    c = Qwen3MoEConfig.preset('tiny')
-    ma, mb = Qwen3MoE(c).to(dev), Qwen3MoE(c).to(dev); mb.load_state_dict(ma.state_dict())
-    g = torch.Generator().manual_seed(1)
-    data = [(ids, ids.roll(-1, 1)) for ids in (torch.randint(0, c.vocab_size, (4, 64), generator=g) for _ in range(8))]
+    dev, ma, mb, data = _twin_tiny_models(8)
     runs, opts = {}, {}
     for name, m in (('after', ma), ('beside', mb)):
-        opt, ps, ls = build_optimizer(m, 'adamw', lr=1e-3), [p for p in m.parameters() if p.requires_grad], []
-        fb = GraphedStep(m, dev, torch.bfloat16, opt=opt if name == 'beside' else None)
-        for x, y in data:
-            loss, aux, counts = fb([(x.to(dev), y.to(dev))])
-            clipped_step(opt, ps, clip_grad_norm_(ps, float('inf')), 1.0); opt.zero_grad(set_to_none=True)
-            ls.append(loss.item())
-        runs[name], opts[name] = ls, opt
+        opt = opts[name] = build_optimizer(m, 'adamw', lr=1e-3)
+        runs[name] = _train_losses(m, GraphedStep(m, dev, torch.bfloat16, opt=opt if name == 'beside' else None), opt, data, dev)
     opts['beside'].join(); torch.cuda.synchronize()
     assert max(abs(a - b) for a, b in zip(runs['after'], runs['beside'])) < 1e-3, runs
     for pa, pb in zip(ma.parameters(), mb.parameters()): assert (pa - pb).norm() <= 1e-3 * pa.norm() + 1e-6
