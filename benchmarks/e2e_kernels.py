@@ -22,6 +22,7 @@ ap.add_argument('--steps', type=int, default=3)
 ap.add_argument('--rows', type=int, default=45)
 ap.add_argument('--cpu-smoke', action='store_true')
 ap.add_argument('--cpu-rows', type=int, default=0, help='also list the ops with the most self CPU time (host overhead)')
+ap.add_argument('--by-op', type=int, default=0, help='also list this many (kernel, launching ops, shapes) rows (no --graph: a replay has no ops)')
 a = ap.parse_args()
 dev = torch.device('cpu' if a.cpu_smoke else 'cuda')
 c = Qwen3MoEConfig.preset(a.preset); B, S = BATCH[a.preset]
@@ -30,7 +31,7 @@ for _ in range(3): step()
 if dev.type == 'cuda': torch.cuda.synchronize()
 acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
 t0 = time.perf_counter()
-with profile(activities=acts) as p:
+with profile(activities=acts, record_shapes=bool(a.by_op)) as p:
     for _ in range(a.steps): step()
     if dev.type == 'cuda': torch.cuda.synchronize()
 wall = (time.perf_counter() - t0) / a.steps * 1e3
@@ -57,6 +58,18 @@ if a.cpu_rows:
     cpu = sum(e.self_cpu_time_total for e in cev) / a.steps / 1e3
     lines += ['', f"host: self CPU time {cpu:.1f} ms/step (profiler-inflated)", f"{'ms/step':>8} {'calls':>6}  op"]
     lines += [f"{e.self_cpu_time_total / a.steps / 1e3:8.2f} {e.count // a.steps:6d}  {e.key[:120]}" for e in cev[:a.cpu_rows]]
+if a.by_op:   # which op launched each kernel: its name, two enclosing ops and its input shapes
+    from collections import defaultdict
+    agg = defaultdict(lambda: [0.0, 0])
+    for e in p.events():
+        if e.device_type.name != 'CPU' or not e.kernels: continue
+        chain, q = [e.name], e.cpu_parent
+        while q is not None and len(chain) < 3: chain.append(q.name); q = q.cpu_parent
+        for k in e.kernels:
+            r = agg[(k.name[:70], ' < '.join(chain), str(e.input_shapes)[:110])]; r[0] += k.duration; r[1] += 1
+    lines += ['', f"{'ms/step':>8} {'calls':>6}  kernel | launched by < parents | input shapes"]
+    for (kn, ch, sh), (us, n) in sorted(agg.items(), key=lambda kv: -kv[1][0])[:a.by_op]:
+        lines.append(f"{us / a.steps / 1e3:8.3f} {n // a.steps:6d}  {kn} | {ch[:140]} | {sh}")
 txt = '\n'.join(lines); print(txt)
 out = os.environ.get('OUT')
 if out: open(os.path.join(out, f'e2e_kernels-{a.preset}{"-compile" if a.compile else ""}{"-graph" if a.graph else ""}.txt'), 'w').write(txt + '\n')

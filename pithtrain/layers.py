@@ -174,11 +174,19 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(head_dim if qk_norm == 'head' else n_kv_heads * head_dim, norm_eps)
         self.sinks = nn.Parameter(torch.zeros(n_heads)) if sinks else None
 
+    def qkv(self, x:torch.Tensor # (B, S, hidden)
+           )->tuple:
+        "q, k and v from one matmul over the three weights stacked (they stay three parameters, named as in HF)."
+        ps = (self.q_proj, self.k_proj, self.v_proj)
+        b = None if self.q_proj.bias is None else torch.cat([p.bias for p in ps])
+        y = F.linear(x, torch.cat([p.weight for p in ps]), b)
+        return y.split([p.out_features for p in ps], -1)
+
     def forward(self, x:torch.Tensor, # (B, S, hidden)
                 cos:torch.Tensor, sin:torch.Tensor # RoPE tables from `rope_cache` (rot_dim may be < head_dim)
                )->torch.Tensor:
         B, S, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self.qkv(x)
         if self.qk_norm == 'full': q, k = self.q_norm(q), self.k_norm(k)
         if self.clip_qkv is not None: q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         q, k, v = (t.view(B, S, -1, self.head_dim) for t in (q, k, v))
