@@ -188,12 +188,7 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, rw, a_d, w_d, E, K, NO, I,
         cu = 2 * rnl + 1 if INTER else rnl + I
         sg = 2 * rn if INTER else rn
         su = 2 * rn + 1 if INTER else rn + I
-    if ACT == 1 and DESC and TW:   # K-major w1 (E, 2I, K) viewed (E·2, I, K): this tile's gate and up rows in one box, one wide dot
-        acc = tl.zeros((BM, 2 * BN), tl.float32)
-        for k0 in range(0, K, BK):
-            acc = tl.dot(a_d.load([row0, k0]), tl.trans(w_d.load([2 * e, pid_n * BN, k0]).reshape(2 * BN, BK)), acc)
-        accg, accu = acc.reshape(BM, 2, BN).permute(0, 2, 1).split()
-    elif ACT == 1:
+    if ACT == 1:
         bg_p = we + rk[:, None] * sw_k + cg[None, :] * sw_n
         bu_p = we + rk[:, None] * sw_k + cu[None, :] * sw_n
         accg = tl.zeros((BM, BN), tl.float32)
@@ -212,7 +207,6 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, rw, a_d, w_d, E, K, NO, I,
             accg = tl.dot(at, bg, accg)
             accu = tl.dot(at, bu, accu)
             a_p += BK * sa_k; bg_p += BK * sw_k; bu_p += BK * sw_k
-    if ACT == 1:
         if HAS_BIAS:
             accg += tl.load(bias + e * 2 * I + cg).to(tl.float32)[None, :]
             accu += tl.load(bias + e * 2 * I + cu).to(tl.float32)[None, :]
@@ -353,9 +347,7 @@ def _tma_hook(nargs):
     bm, bn, bk = nargs['BM'], nargs['BN'], nargs['BK']
     if nargs.get('a_d') is None: return
     if 'b_d' in nargs: nargs['a_d'].block_shape, nargs['b_d'].block_shape = [bk, bm], [bk, bn]   # weight gradient
-    else:
-        w3 = len(nargs['w_d'].shape) == 3   # fc1's K-major gate/up boxes (`_desc(w, halves=True)`)
-        nargs['a_d'].block_shape, nargs['w_d'].block_shape = [bm, bk], ([2, bn, bk] if w3 else [bn, bk] if nargs['TW'] else [bk, bn])
+    else: nargs['a_d'].block_shape, nargs['w_d'].block_shape = [bm, bk], ([bn, bk] if nargs['TW'] else [bk, bn])
 
 def _cfgs(*shapes):
     "Autotune configs from (BM, BN, BK, warps, stages[, TA]) tuples; one fixed config in the interpreter."
@@ -371,7 +363,7 @@ def _tuned(kernel, cfgs, key):
 
 _even_k = triton.heuristics({'EVEN_K': lambda a: a['K'] % a['BK'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
 _even_mn = triton.heuristics({'EVEN_M': lambda a: a['KO'] % a['BM'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
-_KEY = ['K', 'NO', 'MB', 'TMA', 'TW']
+_KEY = ['K', 'NO', 'MB', 'TMA']
 _WG = ((128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 128, 8, 3))
 _SHAPES = {   # (BM, BN, BK, warps, stages[, TA]) per kernel; the first is the one taken without autotuning
     '_fc1': ((128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 64, 64, 8, 4)),
@@ -401,10 +393,10 @@ def _tma_ok(*ts)->bool:
     if ts[0].is_cuda and _props(ts[0].device).major < 9: return False
     return all(t.is_contiguous() and t.data_ptr() % 16 == 0 and (t.shape[-1] * t.element_size()) % 16 == 0 for t in ts)
 
-def _desc(t:torch.Tensor, halves:bool=False)->TensorDescriptor:
-    "A 2-D tensor descriptor over `t` (a 3-D weight viewed (E·d1, d2); halves: (E·2, d1/2, d2)); `_tma_hook` sets the tile shape per config."
-    t = t.view(-1, t.shape[1] // 2, t.shape[-1]) if halves else t.view(-1, t.shape[-1])
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [2, 16, 16] if halves else [16, 16])
+def _desc(t:torch.Tensor)->TensorDescriptor:
+    "A 2-D tensor descriptor over `t` (a 3-D weight is viewed (E·d1, d2)); `_tma_hook` sets the tile shape per config."
+    t = t.view(-1, t.shape[-1])
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [16, 16])
 
 def _nprog(dev:torch.device)->int:
     "Programs of a persistent launch: the device's SM count; 4 in the interpreter."
@@ -424,7 +416,7 @@ def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=Fa
     grid = lambda m: ((triton.cdiv(N, m['BM']) + E) * triton.cdiv(NO, m['BN']),)
     xs = aux.stride() if aux is not None else (0, 0)
     kern[grid](a, tok if tok is not None else a, offs, w, bias if bias is not None else w, c, aux if aux is not None else c,
-               rw if rw is not None else c, _desc(a) if tma else None, _desc(w, act == 1 and tw) if tma else None,
+               rw if rw is not None else c, _desc(a) if tma else None, _desc(w) if tma else None,
                E, K, NO, I, a.stride(0), a.stride(1), w.stride(0), swk, swn, c.stride(0), c.stride(1), xs[0], xs[1],
                float(alpha), float(limit), ACT=act, OAI=oai, INTER=inter, GATHER=tok is not None, HAS_BIAS=bias is not None,
                ROWW=rw is not None, TMA=tma, TW=tw, EP2=triton.next_power_of_2(E), MB=_mb(N))
@@ -486,27 +478,19 @@ def _wgrad(a, tok, b, offs, dw, db, sq=None):
     return dw
 
 # %% ../nbs/03_experts.ipynb #a2af0f86
-def _phys(w:torch.Tensor)->torch.Tensor:
-    "The contiguous tensor behind a weight that is contiguous or a transposed view of one (its last two dims swapped)."
-    return w if w.is_contiguous() else w.transpose(-1, -2)
-
-def _km(w:torch.Tensor)->torch.Tensor:
-    "`w` if `_phys` finds its storage (contiguous, or K-major: a transposed view of a contiguous tensor), else a contiguous copy."
-    return w if w.is_contiguous() or w.transpose(-1, -2).is_contiguous() else w.contiguous()
-
 class _ExpertFFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, token_idx, offsets, inv, w1, w2, b1, b2, dt, oai, inter, alpha, limit, weights=None, order=None):
         E, H, I2 = w1.shape
         I, N = I2 // 2, token_idx.numel()
         rw = None if weights is None else row_weights(weights, order)   # folded into h: the rows come out weighted
-        xc, w1c, w2c = x.to(dt).contiguous(), _km(compute_weight(w1, dt)), compute_weight(w2, dt)   # the optimizer's copies when current
+        xc, w1c, w2c = x.to(dt).contiguous(), compute_weight(w1, dt), compute_weight(w2, dt)   # the optimizer's copies when current
         b1c, b2c = (b.contiguous() if b is not None else None for b in (b1, b2))
         h = torch.empty(N, I, device=x.device, dtype=dt)
         gu = torch.empty(N, I2, device=x.device, dtype=dt)
-        pre = N > 0 and not inter and _tma_ok(xc, _phys(w1c))   # gather once: fc1 and dW1 then read plain rows by TMA
+        pre = N > 0 and not inter and _tma_ok(xc, w1c)   # gather once: fc1 and dW1 then read plain rows by TMA
         xa, tok = (_gather_fwd(xc, token_idx, None), None) if pre else (xc, token_idx)
-        _launch(_fc1, xa, tok, offsets, _phys(w1c), b1c, h, gu, H, I, I, w1c.stride(2), w1c.stride(1), 1, oai, inter, alpha, limit, rw)
+        _launch(_fc1, xa, tok, offsets, w1c, b1c, h, gu, H, I, I, w1c.stride(2), w1c.stride(1), 1, oai, inter, alpha, limit, rw)
         y = _launch(_mm, h, None, offsets, w2c, b2c, torch.empty(N, H, device=x.device, dtype=dt), None, I, H, I,
                     w2c.stride(2), w2c.stride(1), 0)
         ctx.save_for_backward(xa, token_idx, offsets, inv, w1c, w2c, gu, h, rw)
@@ -529,7 +513,7 @@ class _ExpertFFN(torch.autograd.Function):
         if drw is not None:   # d weights[t, j] = drw at the pair's row
             dwts = torch.where(inv >= 0, drw[inv.clamp_min(0)], 0).view(wdt[1]).to(wdt[0])
         if need[0]:  # first, so its (N, H) rows are freed before the weight gradients are allocated
-            dxr = _launch(_mm, dgu, None, offsets, _phys(w1c), None, torch.empty(N, H, device=dev, dtype=xa.dtype), None, I2, H, I,
+            dxr = _launch(_mm, dgu, None, offsets, w1c, None, torch.empty(N, H, device=dev, dtype=xa.dtype), None, I2, H, I,
                           w1c.stride(1), w1c.stride(2), 0)
             dx = _token_sum(dxr, inv, T, xdt)
             del dxr
