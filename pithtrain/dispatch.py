@@ -174,14 +174,15 @@ def gather_torch(x:torch.Tensor, plan:RoutingPlan)->torch.Tensor:
     out = x[plan.token_idx]
     return out if plan.valid is None else torch.where(plan.valid[:, None], out, 0)
 
-def combine_torch(rows:torch.Tensor, weights:torch.Tensor|None, plan:RoutingPlan)->torch.Tensor:
-    "Reference combine: per-token (weighted) sum of its k rows in fp32, skipping pairs with inv = -1."
+def combine_torch(rows:torch.Tensor, weights:torch.Tensor|None, plan:RoutingPlan, residual:torch.Tensor|None=None)->torch.Tensor:
+    "Reference combine: per-token (weighted) sum of its k rows in fp32 (+ residual), skipping pairs with inv = -1."
     k = plan.top_k
     T = plan.inv.numel() // k
     ok = plan.inv >= 0
     r = torch.where(ok[:, None], rows[plan.inv.clamp_min(0)].float(), 0)
     w = torch.where(ok, weights.reshape(-1).float() if weights is not None else 1.0, 0)
-    return (r * w[:, None]).view(T, k, rows.shape[1]).sum(1).to(rows.dtype)
+    out = (r * w[:, None]).view(T, k, rows.shape[1]).sum(1)
+    return (out if residual is None else out + residual.float()).to(rows.dtype)
 
 # %% ../nbs/02_dispatch.ipynb #df75ec6e
 @triton.jit
@@ -198,16 +199,18 @@ def _gather_kernel(x_ptr, tok_ptr, order_ptr, out_ptr, N, H,
     tl.store(out_ptr + r[:, None] * H + c[None, :], v, mask=m)
 
 @triton.jit
-def _combine_kernel(rows_ptr, w_ptr, inv_ptr, out_ptr, H, K,
-                    HAS_W: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr):
-    "out[t] = Σ_j w[t,j]·rows[inv[t,j]] in fp32 (w = 1 without HAS_W; inv < 0 skipped)."
+def _combine_kernel(rows_ptr, w_ptr, inv_ptr, res_ptr, out_ptr, H, K,
+                    HAS_W: tl.constexpr, HAS_R: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr):
+    "out[t] = (res[t] +) Σ_j w[t,j]·rows[inv[t,j]] in fp32 (w = 1 without HAS_W; inv < 0 skipped)."
     t = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     j = tl.arange(0, KP)
     r = tl.load(inv_ptr + t * K + j, mask=j < K, other=-1)
     v = tl.load(rows_ptr + r[:, None] * H + c[None, :], mask=(r >= 0)[:, None] & (c < H)[None, :], other=0.).to(tl.float32)
     if HAS_W: v = v * tl.load(w_ptr + t * K + j, mask=r >= 0, other=0.).to(tl.float32)[:, None]
-    tl.store(out_ptr + t * H + c, tl.sum(v, axis=0).to(out_ptr.dtype.element_ty), mask=c < H)
+    o = tl.sum(v, axis=0)
+    if HAS_R: o += tl.load(res_ptr + t * H + c, mask=c < H, other=0.).to(tl.float32)
+    tl.store(out_ptr + t * H + c, o.to(out_ptr.dtype.element_ty), mask=c < H)
 
 @triton.jit
 def _combine_bwd_kernel(dout_ptr, rows_ptr, w_ptr, inv_ptr, drows_ptr, dw_ptr, H, K,
@@ -240,11 +243,12 @@ def _gather_fwd(x, tok, order):
                                                                          HAS_VALID=order is not None, BLOCK_R=16, BLOCK_H=bh)
     return out
 
-def _combine_fwd(rows, w, inv, T, k, dtype):
+def _combine_fwd(rows, w, inv, T, k, dtype, res=None):
     H = rows.shape[1]
     out = torch.empty(T, H, dtype=dtype, device=rows.device)
-    if T and H: _combine_kernel[(T, triton.cdiv(H, _bh(H)))](rows, w if w is not None else inv, inv, out, H, k,
-                                                             HAS_W=w is not None, KP=triton.next_power_of_2(k), BLOCK_H=_bh(H))
+    if T and H: _combine_kernel[(T, triton.cdiv(H, _bh(H)))](rows, w if w is not None else inv, inv, res if res is not None else out,
+                                                             out, H, k, HAS_W=w is not None, HAS_R=res is not None,
+                                                             KP=triton.next_power_of_2(k), BLOCK_H=_bh(H))
     return out
 
 class _Gather(torch.autograd.Function):
@@ -259,14 +263,14 @@ class _Gather(torch.autograd.Function):
 
 class _Combine(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, weights, inv, padded, k):
+    def forward(ctx, rows, weights, inv, padded, k, res=None):
         rows = rows.contiguous()
         weights = weights.contiguous() if weights is not None else None
         need_dw = weights is not None and ctx.needs_input_grad[1]
         # the rows are needed only for the weights' gradient: an unweighted combine keeps none of them
         ctx.save_for_backward(rows if need_dw else None, weights, inv)
         ctx.padded, ctx.k, ctx.shape, ctx.dtype = padded, k, rows.shape, rows.dtype
-        return _combine_fwd(rows, weights, inv, inv.numel() // k, k, rows.dtype)
+        return _combine_fwd(rows, weights, inv, inv.numel() // k, k, rows.dtype, None if res is None else res.contiguous())
     @staticmethod
     def backward(ctx, g):
         rows, weights, inv = ctx.saved_tensors
@@ -279,7 +283,7 @@ class _Combine(torch.autograd.Function):
                                       dw if need_dw else g, H, k, HAS_W=weights is not None, NEED_DW=need_dw,
                                       KP=triton.next_power_of_2(k), BLOCK_H=_bh(H))
         elif need_dw: dw.zero_()
-        return drows, (dw.to(weights.dtype) if need_dw else None), None, None, None
+        return drows, (dw.to(weights.dtype) if need_dw else None), None, None, None, g if ctx.needs_input_grad[5] else None  # residual: g itself
 
 # %% ../nbs/02_dispatch.ipynb #87c74151
 def gather(x:torch.Tensor,               # (T, H) token rows
@@ -294,10 +298,14 @@ def gather(x:torch.Tensor,               # (T, H) token rows
 def combine(rows:torch.Tensor,           # (N, H) expert outputs in plan order
             weights:torch.Tensor|None,   # (T, k) routing weights (fp32 usually); None: rows already weighted, just sum
             plan:RoutingPlan,            # the plan the rows follow
-            use_triton:bool|None=None    # None: Triton on CUDA, torch elsewhere
+            use_triton:bool|None=None,   # None: Triton on CUDA, torch elsewhere
+            residual:torch.Tensor|None=None # (T, H): added in the same pass (the block's residual stream)
            )->torch.Tensor:
-    "out[t] = Σ_j weights[t,j]·rows[inv[t·k+j]], (T, H) in rows' dtype, fp32 accumulation, no atomics."
+    "out[t] = (residual[t] +) Σ_j weights[t,j]·rows[inv[t·k+j]], (T, H) in rows' dtype, fp32 accumulation, no atomics."
     _check_combine(rows, weights, plan)
-    if not _pick(rows, use_triton): return combine_torch(rows, weights, plan)
+    T = plan.inv.numel() // plan.top_k
+    if residual is not None and tuple(residual.shape) != (T, rows.shape[1]):
+        raise ValueError(f"residual shape {tuple(residual.shape)} != {(T, rows.shape[1])} (tokens, hidden)")
+    if not _pick(rows, use_triton): return combine_torch(rows, weights, plan, residual)
     padded = plan.valid is not None or rows.shape[0] != plan.inv.numel()
-    return _Combine.apply(rows, weights, plan.inv, padded, plan.top_k)
+    return _Combine.apply(rows, weights, plan.inv, padded, plan.top_k, residual)

@@ -85,7 +85,8 @@ class MoE(nn.Module):
         self.shared = SwiGLUMLP(hidden, shared_intermediate) if shared_intermediate else None
         self.shared_gate = nn.Linear(hidden, 1, bias=False) if shared_gate else None
 
-    def forward(self, x:torch.Tensor # (B, S, H) or (T, H)
+    def forward(self, x:torch.Tensor, # (B, S, H) or (T, H)
+                residual:torch.Tensor|None=None # x's shape: added to the output (on the fast path in the combine's pass)
                )->tuple[torch.Tensor, RouterOutput]:
         shape, dev = x.shape, x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
@@ -101,11 +102,14 @@ class MoE(nn.Module):
             y = ep_combine(ffn(rows, plan, w1, w2, b1, b2, **self.act_kw), r.weights, handle)
         elif self.mode == 'fast':
             plan = make_plan(r.ids, self.n_experts)
-            y = combine(ffn(h, plan, w1, w2, b1, b2, weights=r.weights, **self.act_kw), None, plan)   # rows come weighted
+            res = None if residual is None or self.shared is not None else residual.reshape(h.shape)   # joins the sum
+            y = combine(ffn(h, plan, w1, w2, b1, b2, weights=r.weights, **self.act_kw), None, plan, residual=res)   # rows come weighted
+            if res is not None: residual = None
         else: y = moe_reference(h, r.ids, r.weights, w1, w2, b1, b2, **self.act_kw)
         if self.shared is not None:
             s = self.shared(h)
             y = y + (torch.sigmoid(self.shared_gate(h)) * s if self.shared_gate is not None else s)
+        if residual is not None: y = y + residual.reshape(h.shape)
         return y.reshape(shape).to(x.dtype), r
 
     def inactive_params(self)->int:
@@ -149,9 +153,7 @@ class MoEBlock(nn.Module):
     def forward(self, x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor # (B, S, H) and the RoPE tables
                )->tuple[torch.Tensor, RouterOutput|None]:
         x, h = self.attend(x, cos, sin)
-        if isinstance(self.mlp, MoE):
-            y, r = self.mlp(h)
-            return x + y, r
+        if isinstance(self.mlp, MoE): return self.mlp(h, residual=x)   # x + MoE(h): the add rides in the combine's pass
         return x + self.mlp(h), None
 
 # %% ../nbs/05_moe.ipynb #a3ea0899

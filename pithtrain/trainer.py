@@ -118,7 +118,9 @@ def checkpoint_blocks(model:nn.Module):
         b.forward = lambda *a, _f=fwd, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 def compile_dense(model:nn.Module, **kw): # `kw`: passed to `torch.compile` (e.g. `backend`)
-    "`torch.compile` the dense parts of each block: its `attend` half when it has one, and every child that holds no router."
+    "`torch.compile` the dense parts of each block (its `attend` half when it has one, every child that holds no router) and the final norm."
+    norm = getattr(model, 'norm', None)   # eager, its fp32 RMSNorm is about ten small kernels each way; `forward` only: hooks stay eager
+    if isinstance(norm, nn.Module): norm.forward = torch.compile(norm.forward, **kw)
     for b in _blocks(model):
         if hasattr(b, 'attend'): b.attend = torch.compile(b.attend, **kw)   # norm + attention + residual + norm: one region
         for name, ch in b.named_children():
