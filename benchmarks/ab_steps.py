@@ -1,0 +1,36 @@
+"""pithtrain's compiled + graphed step alone (no HF, no eager run), for same-call A/B comparisons of code versions.
+
+    python3 benchmarks/ab_steps.py --tag new --variants graph overlap   # GPU; run again in a worktree of the old commit
+"""
+import os, sys, json, argparse, datetime
+sys.path.insert(0, os.getcwd())   # the code version of the directory it is run from
+import torch
+from pithtrain.bench import pithtrain_step, measure, BATCH
+from pithtrain.qwen3_moe import Qwen3MoEConfig
+import pithtrain.optim as O
+
+ap = argparse.ArgumentParser()
+ap.add_argument('--presets', nargs='+', default=['small', 'qwen3-30b-a3b-6l'], choices=list(BATCH))
+ap.add_argument('--variants', nargs='+', default=['graph'], choices=['graph', 'overlap', 'overlap-hi'])
+ap.add_argument('--steps', type=int, default=15)
+ap.add_argument('--warmup', type=int, default=3)
+ap.add_argument('--tag', default='run')
+a = ap.parse_args()
+dev = torch.device('cuda')
+_ov = O.AdamW.overlap
+def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
+    ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
+rows = []
+for p in a.presets:
+    c = Qwen3MoEConfig.preset(p); B, S = BATCH[p]
+    for v in a.variants:
+        O.AdamW.overlap = _hi if v == 'overlap-hi' else _ov
+        r = measure(f'pithtrain+compile+graph+{v}', lambda: pithtrain_step(c, B, S, dev, compile=True, graph=True, overlap=v != 'graph'),
+                    c, B, S, a.steps, a.warmup, dev)
+        r.update(preset=p, variant=v, tag=a.tag); rows.append(r)
+        print(f"{a.tag:6s} {p:18s} {v:11s} median {r['median_ms']:7.2f} ms  mean {r['mean_ms']:7.2f}  {r['tokens_per_s']:9.0f} tok/s  "
+              f"act {r['activation_mem_gb']:.2f} GB", flush=True)
+out = os.environ.get('OUT')
+res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(), command='python3 benchmarks/ab_steps.py ' + ' '.join(sys.argv[1:]),
+           cwd=os.getcwd(), rows=rows)
+if out: json.dump(res, open(os.path.join(out, f'ab_steps-{a.tag}.json'), 'w'), indent=1, default=str)
