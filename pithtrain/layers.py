@@ -317,7 +317,7 @@ def ce_chunk(T:int, # tokens
     n = max(1, -(-T * V * itemsize // budget))
     return max(1, -(-T // n))
 
-_ADDMM_F32 = {}   # device type -> False once addmm(out_dtype=float32) into an fp32 tensor was refused
+_ADDMM_F32 = {}   # 'cuda' (addmm into fp32) / 'mm' (mm with out_dtype) -> False once torch refused it
 
 def _acc_mm(acc:torch.Tensor, # (M, N) fp32 accumulator, updated in place
             a:torch.Tensor, b:torch.Tensor # (M, K), (K, N) in the compute dtype
@@ -327,6 +327,15 @@ def _acc_mm(acc:torch.Tensor, # (M, N) fp32 accumulator, updated in place
         try: return torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
         except (RuntimeError, TypeError): _ADDMM_F32['cuda'] = False
     return acc.add_(a @ b)
+
+def _mm_to(a:torch.Tensor, b:torch.Tensor, # (M, K), (K, N) in the compute dtype
+           dt:torch.dtype # the result's dtype (the weight's: fp32 for masters)
+          )->torch.Tensor:
+    "a @ b in `dt`: straight from cuBLAS where torch allows it (no separate cast of the product), else a product in a's dtype."
+    if a.dtype != dt and a.is_cuda and _ADDMM_F32.get('mm', True):
+        try: return torch.mm(a, b, out_dtype=dt)
+        except (RuntimeError, TypeError): _ADDMM_F32['mm'] = False
+    return a @ b
 
 class _FusedCE(torch.autograd.Function):
     @staticmethod
@@ -349,7 +358,7 @@ class _FusedCE(torch.autograd.Function):
                 lg = hi @ wc.t()                     # (n, V) in the compute dtype
                 rows(lg, labels[i:i + chunk], scale, need_h or need_w, loss[i:i + chunk])   # lg is now the gradient
                 if need_h: dh[i:i + chunk] = lg @ wc
-                if need_w: dw = lg.t() @ hi if one else _acc_mm(dw, lg.t(), hi)
+                if need_w: dw = _mm_to(lg.t(), hi, w.dtype) if one else _acc_mm(dw, lg.t(), hi)
                 del lg
         ctx.save_for_backward(dh, dw)
         return loss.sum() / denom

@@ -92,6 +92,7 @@ class MoE(nn.Module):
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         h = x.reshape(-1, shape[-1]).to(dt)
         r = self.router(h, seq_len=shape[1] if x.dim() == 3 else None)
+        if r.x is not None: h = r.x   # the fused router's alias of h: the experts' input gradient joins the router's dX GEMM
         # the fast paths get the master weights and cast them themselves: the Triton backward then writes the
         # weight gradients in their dtype (fp32) straight from its accumulators, with no bf16 copy cast back
         w1, w2 = (self.w1, self.w2) if self.mode == 'fast' else (self.w1.to(dt), self.w2.to(dt))

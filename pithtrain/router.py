@@ -346,10 +346,14 @@ def split_bf16(t:torch.Tensor # fp32 tensor
     hi = t.to(torch.bfloat16)
     return hi, (t - hi).to(torch.bfloat16)
 
-def _mm(a:torch.Tensor, b:torch.Tensor, dt:torch.dtype)->torch.Tensor:
-    "`a·b` of bf16 matrices with fp32 accumulation, result in `dt`: cuBLAS `out_dtype` on CUDA; fp32 products elsewhere (exact for bf16)."
-    if not a.is_cuda: return torch.mm(a.float(), b.float()).to(dt)
-    return torch.mm(a, b) if dt == a.dtype else torch.mm(a, b, out_dtype=dt)
+def _mm(a:torch.Tensor, b:torch.Tensor, dt:torch.dtype, acc:torch.Tensor|None=None)->torch.Tensor:
+    "`a·b` (+ acc) of bf16 matrices with fp32 accumulation, result in `dt`: cuBLAS `out_dtype` (or beta = 1) on CUDA; fp32 products elsewhere."
+    if not a.is_cuda:
+        r = torch.mm(a.float(), b.float())
+        return (r if acc is None else r + acc.float()).to(dt)
+    if acc is not None and acc.dtype == a.dtype == dt: return torch.addmm(acc, a, b)   # acc read in the GEMM's epilogue
+    r = torch.mm(a, b) if dt == a.dtype else torch.mm(a, b, out_dtype=dt)
+    return r if acc is None else r + acc
 
 def _split_weight(w:torch.Tensor # (E, H) gate weight
                  )->torch.Tensor:
@@ -385,12 +389,13 @@ def split_grads(dl:torch.Tensor,  # (T, E) fp32 gradient of the logits
                 wb:torch.Tensor,  # (3E, H) from `_split_weight`
                 x:torch.Tensor,   # (T, H) bf16 tokens of the forward
                 dx_dtype:torch.dtype|None=None, # dtype of dX (x's by default)
-                need_dx:bool=True, need_dw:bool=True
+                need_dx:bool=True, need_dw:bool=True,
+                acc:torch.Tensor|None=None # (T, H): added to dX (in the GEMM when it has dX's dtype)
                )->tuple:
     "`(dX, dW)` from split bf16 GEMMs: dX = G_hi·W_hi + G_hi·W_lo + G_lo·W_hi (one GEMM, K = 3E), dW = (G_hi + G_lo)ᵀ·x in fp32."
     E = dl.shape[1]
     a = _split_grad(dl)
-    dx = _mm(a, wb, dx_dtype or x.dtype) if need_dx else None
+    dx = _mm(a, wb, dx_dtype or x.dtype, acc) if need_dx else None
     dw = None
     if need_dw:
         d = _mm(a[:, E:].t(), x, torch.float32)
@@ -418,24 +423,26 @@ class _FusedRouter(torch.autograd.Function):
         ctx.cfg, ctx.split, ctx.x_dtype, ctx.w_dtype, ctx.b_dtype = cfg, split, x.dtype, weight.dtype, None if bias is None else bias.dtype
         ctx.mark_non_differentiable(ids, counts, cf)
         ctx.set_materialize_grads(False)
-        return ids, w, counts, cf, psum, aux, z
+        # x passes through as an alias: what the layer computes from it after routing sends its gradient here, and
+        # the router adds it to its own dX inside that GEMM instead of autograd adding the two in a separate pass
+        return ids, w, counts, cf, psum, aux, z, x.view_as(x)
 
     @staticmethod
-    def backward(ctx, _ids, dw, _counts, _cf, dpsum, daux, dz):
+    def backward(ctx, _ids, dw, _counts, _cf, dpsum, daux, dz, dxo):
         xs, wb, logits, ids, cf, lse = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad[:3]
         if daux is not None:                                          # d aux / d psum = aux_c · cf
             g = cf * (daux * ctx.aux_c)
             dpsum = g if dpsum is None else dpsum + g
-        if dw is None and dpsum is None and dz is None: return (None,) * 7
+        if dw is None and dpsum is None and dz is None: return (dxo if nx else None,) + (None,) * 6
         with torch.autocast(logits.device.type, enabled=False):
             dl = _route_bwd(logits, ids, dw, dpsum, ctx.cfg) if dw is not None or dpsum is not None else torch.zeros_like(logits)
             if dz is not None:                                        # z = mean lse²: dl += 2·lse·softmax(l)/T
                 dl += torch.exp(logits - lse[:, None]) * (lse * (2.0 / max(logits.shape[0], 1)) * dz)[:, None]
             dx = dwt = db = None
-            if ctx.split: dx, dwt = split_grads(dl, wb, xs, ctx.x_dtype, nx, nw)
+            if ctx.split: dx, dwt = split_grads(dl, wb, xs, ctx.x_dtype, nx, nw, dxo)
             else:
-                if nx: dx = _as(dl @ wb, ctx.x_dtype)
+                if nx: dx = _as(dl @ wb, ctx.x_dtype) if dxo is None else _as(dl @ wb + dxo, ctx.x_dtype)
                 if nw: dwt = dl.t() @ xs
             if nb: db = _as(dl.sum(0), ctx.b_dtype)
         return dx, _as(dwt, ctx.w_dtype), db, None, None, None, None
@@ -450,6 +457,7 @@ class RouterOutput(NamedTuple):
     losses: dict                 # name -> 0-d raw (unweighted) loss, for logging
     probs: torch.Tensor|None     # (T, E) fp32 routing distribution; None on the fused path
     keep: torch.Tensor|None      # (T, k) bool, False for pairs dropped by capacity; None when dropless
+    x: torch.Tensor|None = None  # fused path: x as the layer should read it on (its gradient joins the router's dX GEMM)
 
 def recomputing()->bool:
     "True inside the autograd engine, i.e. when activation checkpointing re-runs a forward during backward."
@@ -491,12 +499,12 @@ class Router(nn.Module):
         if self._fused(x):
             split = cfg.gate_gemm == 'split_bf16' and x.dtype == torch.bfloat16 and x.is_cuda and self.bias is None   # see 'split bf16': not with a router bias
             args = (x, self.weight, self.bias, self.e_bias, cfg, split, bool(cfg.aux_loss_coef or cfg.global_aux_loss_coef))
-            if not torch.is_autocast_enabled(x.device.type): ids, weights, counts, cf, psum, aux, z = _FusedRouter.apply(*args)
+            if not torch.is_autocast_enabled(x.device.type): ids, weights, counts, cf, psum, aux, z, xo = _FusedRouter.apply(*args)
             else:
-                with torch.autocast(x.device.type, enabled=False): ids, weights, counts, cf, psum, aux, z = _FusedRouter.apply(*args)
+                with torch.autocast(x.device.type, enabled=False): ids, weights, counts, cf, psum, aux, z, xo = _FusedRouter.apply(*args)
             logits, probs, fused = None, None, {'aux': aux, 'z': z}
         else:
-            logits, fused = self.logits(x), None
+            logits, fused, xo = self.logits(x), None, None
             if cfg.debug: _check_finite(logits)
             scores, probs = route_scores(logits, cfg.score)
             choice = scores if self.e_bias is None else scores.detach() + self.e_bias   # selection runs without autograd
@@ -511,7 +519,7 @@ class Router(nn.Module):
         losses, aux = self._losses(logits, probs, ids, counts, seq_len, psum, cf, fused), None
         for name, coef in (('aux', cfg.aux_loss_coef), ('global_aux', cfg.global_aux_loss_coef), ('seq_aux', cfg.seq_aux_loss_coef), ('z', cfg.z_loss_coef)):
             if name in losses: aux = coef * losses[name] if aux is None else aux + coef * losses[name]
-        return RouterOutput(ids, weights, counts, weights.new_zeros(()) if aux is None else aux, losses, probs, keep)
+        return RouterOutput(ids, weights, counts, weights.new_zeros(()) if aux is None else aux, losses, probs, keep, xo)
 
     def _fused(self, x)->bool:
         "Take the fused path: `fused_ok(cfg)`, fp32/bf16/fp16 tokens, on CUDA (or in the interpreter with `triton_on_cpu`)."

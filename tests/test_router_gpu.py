@@ -228,6 +228,9 @@ def test_split_gate_gemms_vs_fp64(T, H, E):
     assert _rel(dx, dl.double() @ wd) < 3e-5 and _rel(dw, dl.double().T @ xd) < 3e-5
     dxb, none = split_grads(dl, wb, x, need_dw=False)
     assert none is None and dxb.dtype == torch.bfloat16 and _rel(dxb, dl.double() @ wd) < 4e-3     # rounded once to bf16
+    acc = torch.randn(T, H, device='cuda').bfloat16()   # a gradient from x's other use, added inside the dX GEMM (beta = 1)
+    dxa, _ = split_grads(dl, wb, x, need_dw=False, acc=acc)
+    assert dxa.dtype == torch.bfloat16 and _rel(dxa, dl.double() @ wd + acc.double()) < 4e-3
     assert _rel(F.linear(x, w.bfloat16()).float() + b, ref) > 30 * _rel(lg, ref)
 
 ROUTER_SPLIT = {'qwen3': dict(norm_topk_prob=True, aux_loss_coef=1e-3), 'olmoe_z': dict(aux_loss_coef=1e-2, z_loss_coef=1e-3),
