@@ -75,13 +75,13 @@ def main():
     ap = argparse.ArgumentParser(); ap.add_argument('--cpu-smoke', action='store_true')
     a = ap.parse_args()
     dev, bf = ('cpu', torch.float32) if a.cpu_smoke else ('cuda', torch.bfloat16)
-    shapes = {'tiny': (40, 2, 5, 64, 64)} if a.cpu_smoke else {'small': (16384, 8, 64, 1024, 512), 'qwen3': (16384, 8, 128, 2048, 768)}
+    shapes = {'tiny': (80, 2, 5, 64, 64)} if a.cpu_smoke else {'small': (16384, 8, 64, 1024, 512), 'qwen3': (16384, 8, 128, 2048, 768)}
     cfgs = [(32, 32, 32, 4, 1)] if a.cpu_smoke else [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4)]
     rows = []
     for name, (T, k, E, H, I) in shapes.items():
         torch.manual_seed(0)
         ids = torch.stack([torch.randperm(E)[:k] for _ in range(T)]).to(dev)
-        if a.cpu_smoke: ids[: T // 2] = torch.arange(k)   # uneven: full and partial tiles, an empty expert likely
+        if a.cpu_smoke: ids[: 3 * T // 4] = torch.arange(k)   # uneven: experts 0, 1 hold whole 32-row tiles and a partial one
         from pithtrain.dispatch import make_plan
         plan = make_plan(ids, E); offs = plan.offsets.to(torch.int32)
         N = plan.token_idx.numel()
