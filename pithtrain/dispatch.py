@@ -163,11 +163,14 @@ def _check_gather(x, plan):
     if x.shape[0] * plan.top_k != plan.inv.numel():
         raise ValueError(f"shape mismatch: x has {x.shape[0]} tokens × top_k {plan.top_k} but the plan holds {plan.inv.numel()} pairs")
 
-def _check_combine(rows, weights, plan):
+def _check_combine(rows, weights, plan, residual=None):
     if rows.dim() != 2 or rows.shape[0] != plan.token_idx.numel():
         raise ValueError(f"shape mismatch: rows must be (N={plan.token_idx.numel()}, H) in plan order, got {tuple(rows.shape)}")
     if weights is not None and (weights.dim() != 2 or weights.shape[1] != plan.top_k or weights.numel() != plan.inv.numel()):
         raise ValueError(f"shape mismatch: weights must be (T, k={plan.top_k}) with T·k = {plan.inv.numel()} pairs, got {tuple(weights.shape)}")
+    T = plan.inv.numel() // plan.top_k
+    if residual is not None and tuple(residual.shape) != (T, rows.shape[1]):
+        raise ValueError(f"residual shape {tuple(residual.shape)} != {(T, rows.shape[1])} (tokens, hidden)")
 
 def gather_torch(x:torch.Tensor, plan:RoutingPlan)->torch.Tensor:
     "Reference gather: `x[token_idx]`, zeros on padding rows."
@@ -302,10 +305,7 @@ def combine(rows:torch.Tensor,           # (N, H) expert outputs in plan order
             residual:torch.Tensor|None=None # (T, H): added in the same pass (the block's residual stream)
            )->torch.Tensor:
     "out[t] = (residual[t] +) Σ_j weights[t,j]·rows[inv[t·k+j]], (T, H) in rows' dtype, fp32 accumulation, no atomics."
-    _check_combine(rows, weights, plan)
-    T = plan.inv.numel() // plan.top_k
-    if residual is not None and tuple(residual.shape) != (T, rows.shape[1]):
-        raise ValueError(f"residual shape {tuple(residual.shape)} != {(T, rows.shape[1])} (tokens, hidden)")
+    _check_combine(rows, weights, plan, residual)
     if not _pick(rows, use_triton): return combine_torch(rows, weights, plan, residual)
     padded = plan.valid is not None or rows.shape[0] != plan.inv.numel()
     return _Combine.apply(rows, weights, plan.inv, padded, plan.top_k, residual)
