@@ -18,6 +18,7 @@ import torch, triton, triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 from pithtrain import experts as X
 from pithtrain.core import rel_err
+from pithtrain.dispatch import make_plan
 
 @triton.jit
 def _fc1_tile(a_d, w_d, h_d, g_d, c, aux, rw, e, row0, rend, pid_n, K, I, sc_m, sx_m,
@@ -82,7 +83,6 @@ def main():
         torch.manual_seed(0)
         ids = torch.stack([torch.randperm(E)[:k] for _ in range(T)]).to(dev)
         if a.cpu_smoke: ids[: 3 * T // 4] = torch.arange(k)   # uneven: experts 0, 1 hold whole 32-row tiles and a partial one
-        from pithtrain.dispatch import make_plan
         plan = make_plan(ids, E); offs = plan.offsets.to(torch.int32)
         N = plan.token_idx.numel()
         xg = torch.randn(N, H, device=dev).to(bf)
