@@ -1,11 +1,12 @@
 """Tile sweep of pithtrain's expert kernels, one launch at a time, at the end-to-end shapes (16384 tokens, k 8).
 
-For each of the four autotuned kernels (`_fc1` gate/up + SwiGLU, `_mm` fc2 and dx rows, `_dh` SwiGLU backward,
-`_wg` weight gradients) it times every (BM, BN, BK, warps, stages) given below plus the autotune set, with the TMA
-(tensor-descriptor) loads on, and prints µs, TFLOP/s and the error against the first config. Use it to choose the
-autotune sets in `nbs/03_experts.ipynb` (`_SHAPES`).
+For each autotuned kernel of the TMA path (`_fc1` gate/up + SwiGLU, `_pmm` the persistent plain products fc2, dx
+and dh, `_wg` the weight gradients) it times every (BM, BN, BK, warps, stages) given below plus the autotune set,
+with the TMA (tensor-descriptor) loads on — fc1 each with its whole output tiles stored by pointers and by TMA
+(`ts` false / true: `PITHTRAIN_TMA_STORE`) — and prints µs, TFLOP/s and the error against the first config; the
+autotuned row names the config it picked. Use it to choose the autotune sets in `nbs/03_experts.ipynb` (`_SHAPES`).
 
-    PYTHONPATH=$PWD python3 benchmarks/experts_sweep.py      # GPU; writes $OUT/experts_sweep.json when $OUT is set
+    PYTHONPATH=$PWD python3 benchmarks/experts_sweep.py [--fc1] [--pmm] [--wg]   # GPU (all, or the kernels named); $OUT/experts_sweep.json
     PYTHONPATH=$PWD python3 benchmarks/experts_sweep.py --dh # SwiGLU backward: fused epilogue vs GEMM + elementwise pass;
                                                              # prints the faster as `PITHTRAIN_DH_SPLIT=0|1` (last line)
 """
@@ -16,10 +17,8 @@ from triton.testing import do_bench
 from pithtrain import experts as X
 from pithtrain.dispatch import make_plan
 
-EXTRA = {'_fc1': [(128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 128, 8, 3), (256, 64, 64, 8, 3), (128, 128, 32, 8, 5)],
-         '_mm': [(256, 128, 32, 8, 4), (128, 256, 32, 8, 5), (128, 256, 64, 8, 4), (128, 192, 64, 8, 3)],
-         '_dh': [(128, 128, 64, 8, 3), (128, 128, 64, 8, 2), (128, 64, 64, 4, 3), (128, 64, 128, 4, 3), (64, 128, 64, 4, 3),
-                 (128, 128, 128, 8, 2), (128, 64, 64, 8, 3), (256, 64, 64, 8, 3), (64, 64, 64, 4, 4)],
+EXTRA = {'_fc1': [(128, 128, 64, 8, 2), (128, 128, 32, 8, 5)],
+         '_pmm': [(128, 256, 64, 8, 2), (256, 128, 64, 8, 2), (128, 128, 64, 8, 4), (128, 256, 32, 8, 4), (128, 128, 64, 4, 3)],
          '_wg': [(128, 128, 32, 8, 4, False), (128, 256, 32, 8, 4, False), (128, 128, 32, 8, 6, False), (256, 128, 32, 8, 4, False),
                  (128, 256, 32, 8, 3, False)]}
 
@@ -53,6 +52,7 @@ def dh_split():
     print(f"PITHTRAIN_DH_SPLIT={int(tot[True] < tot[False])}")
 
 def main():
+    only = [n for n in ('_fc1', '_pmm', '_wg') if f'--{n[1:]}' in sys.argv]   # e.g. --fc1: that kernel only
     dev, bf = 'cuda', torch.bfloat16
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/experts_sweep.py', rows=[])
@@ -68,23 +68,26 @@ def main():
         f1, f2 = 2 * N * H * 2 * I, 2 * N * I * H
         nh, ngu, ny, ndg = torch.empty(N, I, device=dev, dtype=bf), torch.empty_like(gu), torch.empty(N, H, device=dev, dtype=bf), torch.empty_like(gu)
         calls = {'_fc1': [('fc1', lambda: X._launch(X._fc1, xg, None, offs, w1, None, nh, ngu, H, I, I, w1.stride(2), w1.stride(1), 1) is None or nh, f1)],
-                 '_mm': [('fc2', lambda: X._launch(X._mm, h, None, offs, w2, None, ny, None, I, H, I, w2.stride(2), w2.stride(1), 0), f2),
-                         ('dx', lambda: X._launch(X._mm, dgu, None, offs, w1, None, ny, None, 2 * I, H, I, w1.stride(1), w1.stride(2), 0), f1)],
-                 '_dh': [('dh', lambda: X._launch(X._dh, dy, None, offs, w2, None, ndg, gu, H, I, I, w2.stride(1), w2.stride(2), 2), f2)],
+                 '_pmm': [('fc2', lambda: X._launch(X._mm, h, None, offs, w2, None, ny, None, I, H, I, w2.stride(2), w2.stride(1), 0), f2),
+                          ('dx', lambda: X._launch(X._mm, dgu, None, offs, w1, None, ny, None, 2 * I, H, I, w1.stride(1), w1.stride(2), 0), f1),
+                          ('dh', lambda: X._launch(X._mm, dy, None, offs, w2, None, nh, None, H, I, I, w2.stride(1), w2.stride(2), 0), f2)],
                  '_wg': [('dW1', lambda: X._wgrad(xg, None, dgu, offs, dw1, None), f1), ('dW2', lambda: X._wgrad(h, None, dy, offs, dw2, None), f2)]}
-        for name, tuned in [(n, getattr(X, n)) for n in calls]:
+        for name, tuned in [(n, getattr(X, n)) for n in calls if not only or n in only]:
             refs = {}
-            for shape in list(X._SHAPES[name]) + EXTRA[name]:
-                setattr(X, name, X._tuned(tuned.fn, X._cfgs(shape), tuned.keys))
+            modes = (False, True) if name == '_fc1' else (X._TMA_STORE,)   # only fc1 has TMA stores
+            for shape, ts in [(s, ts) for s in list(X._SHAPES[name]) + EXTRA[name] for ts in modes] + [('autotune', True)]:
+                X._TMA_STORE = ts
+                setattr(X, name, tuned if shape == 'autotune' else X._tuned(tuned.fn, X._cfgs(shape), tuned.keys))
                 for what, fn, flop in calls[name]:
                     try:
                         for buf in (nh, ngu, ny, ndg, dw1, dw2): buf.fill_(float('nan'))   # an unwritten element shows as NaN
                         out = fn().float().clone(); torch.cuda.synchronize()
                         t = do_bench(fn, warmup=5, rep=40, return_mode='median') * 1e3
                         ref = refs.setdefault(what, out)
-                        row = dict(shape=sname, kernel=what, cfg=shape, us=round(t, 1), tflops=round(flop / t / 1e6, 1),
+                        row = dict(shape=sname, kernel=what, cfg=shape, ts=ts, us=round(t, 1), tflops=round(flop / t / 1e6, 1),
                                    rel_err=((out - ref).norm() / ref.norm()).item())
-                    except Exception as ex: row = dict(shape=sname, kernel=what, cfg=shape, error=repr(ex)[:200])
+                    except Exception as ex: row = dict(shape=sname, kernel=what, cfg=shape, ts=ts, error=repr(ex)[:200])
+                    if shape == 'autotune' and 'us' in row: row['picked'] = str(getattr(X, name).best_config)
                     res['rows'].append(row); print(row, flush=True)
             setattr(X, name, tuned)
     out = os.environ.get('OUT')

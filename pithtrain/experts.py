@@ -157,10 +157,10 @@ def _act_bwd(dh, g, u, alpha, limit, OAI:tl.constexpr):
 
 # %% ../nbs/03_experts.ipynb #27fcb925
 @triton.jit
-def _gmm_kernel(a, tok, offs, w, bias, c, aux, rw, a_d, w_d, E, K, NO, I,
+def _gmm_kernel(a, tok, offs, w, bias, c, aux, rw, a_d, w_d, c_d, x_d, E, K, NO, I,
                 sa_m, sa_k, sw_e, sw_k, sw_n, sc_m, sc_n, sx_m, sx_n, alpha, limit,
                 ACT:tl.constexpr, OAI:tl.constexpr, INTER:tl.constexpr, GATHER:tl.constexpr, HAS_BIAS:tl.constexpr,
-                ROWW:tl.constexpr, TMA:tl.constexpr, TW:tl.constexpr,
+                ROWW:tl.constexpr, TMA:tl.constexpr, TW:tl.constexpr, TS:tl.constexpr,
                 EP2:tl.constexpr, MB, BM:tl.constexpr, BN:tl.constexpr, BK:tl.constexpr, EVEN_K:tl.constexpr, EVEN_N:tl.constexpr):
     "Grouped GEMM c[rows] = a[rows] @ w[e] (+ bias, activation): ACT 0 plain, 1 SwiGLU forward (× rw[row] with ROWW), 2 SwiGLU backward."
     pid = tl.program_id(0)
@@ -170,7 +170,8 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, rw, a_d, w_d, E, K, NO, I,
     if row0 >= rend: return
     # TMA: a and w through tensor descriptors (a: (N, K); w viewed 2-D: (E·K, NO), or (E·NO, K) when TW), whole tiles,
     # zero past the tensor's end; rows of the next expert are computed and not stored. w[e]'s K rows must be whole
-    # tiles (EVEN_K) unless K is w's inner axis (TW).
+    # tiles (EVEN_K) unless K is w's inner axis (TW). TS (ACT 1): h and g, u of a whole tile stored through the
+    # descriptors c_d (N, I) and x_d (N, 2I); an expert's last, partial tile keeps masked stores (its tail rows are the next expert's).
     DESC: tl.constexpr = TMA and (TW or EVEN_K)
     rm = row0 + tl.arange(0, BM)
     rmask = rm < rend
@@ -212,10 +213,15 @@ def _gmm_kernel(a, tok, offs, w, bias, c, aux, rw, a_d, w_d, E, K, NO, I,
             accu += tl.load(bias + e * 2 * I + cu).to(tl.float32)[None, :]
         h = _act_fwd(accg, accu, alpha, limit, OAI)
         if ROWW: h = h * tl.load(rw + rl).to(tl.float32)[:, None]   # each row's routing weight, folded in
-        tl.store(cm + rn[None, :] * sc_n, h.to(c.dtype.element_ty), mask=omask)
-        xm = aux + rm.to(tl.int64)[:, None] * sx_m
-        tl.store(xm + sg[None, :] * sx_n, accg.to(aux.dtype.element_ty), mask=omask)
-        tl.store(xm + su[None, :] * sx_n, accu.to(aux.dtype.element_ty), mask=omask)
+        if TS and row0 + BM <= rend and (pid_n + 1) * BN <= NO:
+            c_d.store([row0, pid_n * BN], h.to(c.dtype.element_ty))
+            x_d.store([row0, pid_n * BN], accg.to(aux.dtype.element_ty))
+            x_d.store([row0, I + pid_n * BN], accu.to(aux.dtype.element_ty))
+        else:
+            tl.store(cm + rn[None, :] * sc_n, h.to(c.dtype.element_ty), mask=omask)
+            xm = aux + rm.to(tl.int64)[:, None] * sx_m
+            tl.store(xm + sg[None, :] * sx_n, accg.to(aux.dtype.element_ty), mask=omask)
+            tl.store(xm + su[None, :] * sx_n, accu.to(aux.dtype.element_ty), mask=omask)
     else:
         b_p = we + rk[:, None] * sw_k + rnl[None, :] * sw_n
         acc = tl.zeros((BM, BN), tl.float32)
@@ -341,6 +347,7 @@ _AUTOTUNE = os.environ.get('PITHTRAIN_AUTOTUNE', '1') == '1' and not _INTERPRET
 _TMA = os.environ.get('PITHTRAIN_TMA', '1') == '1'   # tensor-descriptor loads where the device and operands allow
 _DH_SPLIT = os.environ.get('PITHTRAIN_DH_SPLIT', '1') == '1'   # with TMA: SwiGLU backward as its own pass after a plain GEMM
 _PERSIST = os.environ.get('PITHTRAIN_PERSISTENT', '1') == '1'   # with TMA: plain products by the persistent kernel
+_TMA_STORE = os.environ.get('PITHTRAIN_TMA_STORE', '1') == '1'   # with TMA: fc1's whole output tiles stored through descriptors
 
 def _tma_hook(nargs):
     "Autotune pre-hook: give the tensor descriptors (when the launch has them) this configuration's tile shapes."
@@ -348,6 +355,8 @@ def _tma_hook(nargs):
     if nargs.get('a_d') is None: return
     if 'b_d' in nargs: nargs['a_d'].block_shape, nargs['b_d'].block_shape = [bk, bm], [bk, bn]   # weight gradient
     else: nargs['a_d'].block_shape, nargs['w_d'].block_shape = [bm, bk], ([bn, bk] if nargs['TW'] else [bk, bn])
+    for k in ('c_d', 'x_d'):   # fc1's output tiles (TMA stores)
+        if nargs.get(k) is not None: nargs[k].block_shape = [bm, bn]
 
 def _cfgs(*shapes):
     "Autotune configs from (BM, BN, BK, warps, stages[, TA]) tuples; one fixed config in the interpreter."
@@ -363,10 +372,10 @@ def _tuned(kernel, cfgs, key):
 
 _even_k = triton.heuristics({'EVEN_K': lambda a: a['K'] % a['BK'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
 _even_mn = triton.heuristics({'EVEN_M': lambda a: a['KO'] % a['BM'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
-_KEY = ['K', 'NO', 'MB', 'TMA']
+_KEY = ['K', 'NO', 'MB', 'TMA', 'TS']
 _WG = ((128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 128, 8, 3))
 _SHAPES = {   # (BM, BN, BK, warps, stages[, TA]) per kernel; the first is the one taken without autotuning
-    '_fc1': ((128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 64, 64, 8, 4)),
+    '_fc1': ((128, 128, 64, 8, 4), (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 64, 64, 8, 4)),
     '_mm': ((128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (256, 128, 64, 8, 3)),
     '_dh': ((128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4),
             (128, 64, 64, 8, 4), (128, 128, 32, 8, 5), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3), (64, 64, 64, 4, 4)),
@@ -415,11 +424,13 @@ def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=Fa
         return c
     grid = lambda m: ((triton.cdiv(N, m['BM']) + E) * triton.cdiv(NO, m['BN']),)
     xs = aux.stride() if aux is not None else (0, 0)
+    ts = act == 1 and tma and _TMA_STORE and _tma_ok(c, aux)   # fc1's three outputs through descriptors
     kern[grid](a, tok if tok is not None else a, offs, w, bias if bias is not None else w, c, aux if aux is not None else c,
                rw if rw is not None else c, _desc(a) if tma else None, _desc(w) if tma else None,
+               _desc(c) if ts else None, _desc(aux) if ts else None,
                E, K, NO, I, a.stride(0), a.stride(1), w.stride(0), swk, swn, c.stride(0), c.stride(1), xs[0], xs[1],
                float(alpha), float(limit), ACT=act, OAI=oai, INTER=inter, GATHER=tok is not None, HAS_BIAS=bias is not None,
-               ROWW=rw is not None, TMA=tma, TW=tw, EP2=triton.next_power_of_2(E), MB=_mb(N))
+               ROWW=rw is not None, TMA=tma, TW=tw, TS=ts, EP2=triton.next_power_of_2(E), MB=_mb(N))
     return c
 
 @triton.jit
