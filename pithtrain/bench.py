@@ -92,7 +92,8 @@ def pithtrain_step(c, B:int, S:int, device:torch.device,
                    sync:bool=False,    # read the is-finite flag every step, as `trainer.train` does
                    setup=None,         # setup(model) before compiling (a lever)
                    graph:bool=False,   # forward + backward replayed as one CUDA graph (`trainer.GraphedStep`)
-                   overlap:bool=False  # with graph: the AdamW step on a side stream beside the next forward
+                   overlap:bool=False, # with graph: the AdamW step on a side stream beside the next forward
+                   state_dtype:torch.dtype=torch.float32 # AdamW's moments (bfloat16: stochastically rounded)
                   )->tuple:
     "pithtrain's Qwen3-MoE with fp32 master weights and the trainer's step: `(model, optimizer, step)`."
     from pithtrain.qwen3_moe import Qwen3MoE
@@ -102,7 +103,7 @@ def pithtrain_step(c, B:int, S:int, device:torch.device,
     model.train()
     if setup is not None: setup(model)
     if compile: compile_dense(model)
-    opt = build_optimizer(model, 'adamw', lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = build_optimizer(model, 'adamw', lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), state_dtype=state_dtype)
     sched = build_schedule(opt, 'constant')
     params, routers = [p for p in model.parameters() if p.requires_grad], list(model.routers())
     amp = torch.bfloat16 if device.type == 'cuda' else None
@@ -324,6 +325,8 @@ def parse_args(argv:list|None=None, prog:str='pithtrain bench'):
     ap.add_argument('--compile', action='store_true', help='also measure pithtrain with torch.compile of the dense blocks')
     ap.add_argument('--graph', action='store_true', help='also measure pithtrain with forward + backward as one CUDA graph (with --compile: compiled too)')
     ap.add_argument('--overlap', action='store_true', help='with --graph: also measure the AdamW step on a side stream beside the next forward')
+    ap.add_argument('--bf16-state', action='store_true', help="also measure the fastest variant asked for with AdamW's moments in bf16 "
+                    "(an opt-in recipe: in the profile JSON, not in the rows' ratio)")
     ap.add_argument('--profile', action='store_true', help='break the pithtrain step down by component')
     ap.add_argument('--levers', nargs='*', default=None, choices=LEVERS, metavar='LEVER',
                     help=f'also measure pithtrain with one design choice undone at a time: all, or those named ({", ".join(LEVERS)})')
@@ -395,6 +398,7 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
     extra += [('compile', None)] if a.compile and not a.cpu_smoke else []
     extra += [('graph', None)] if a.graph and not a.cpu_smoke else []
     extra += [('overlap', None)] if a.graph and a.overlap and not a.cpu_smoke else []
+    extra += [('bf16-state', None)] if a.bf16_state and not a.cpu_smoke else []
     extra += [('lever', n) for n in names[1:]]
     for kind, n in extra:
         for p in a.presets:
@@ -402,6 +406,11 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
             if kind == 'overlap':
                 later(p, 'pithtrain+compile+graph+overlap' if a.compile else 'pithtrain+graph+overlap',
                       lambda c, B, S: pithtrain_step(c, B, S, device, compile=a.compile, graph=True, overlap=True)); continue
+            if kind == 'bf16-state':   # not in VARIANTS: a different recipe, reported beside the rows
+                ov = a.graph and a.overlap
+                later(p, '+'.join(['pithtrain'] + ['compile'] * a.compile + ['graph'] * a.graph + ['overlap'] * ov + ['bf16-state']),
+                      lambda c, B, S: pithtrain_step(c, B, S, device, compile=a.compile, graph=a.graph, overlap=ov,
+                                                     state_dtype=torch.bfloat16)); continue
             if kind == 'graph':
                 later(p, 'pithtrain+compile+graph' if a.compile else 'pithtrain+graph',
                       lambda c, B, S: pithtrain_step(c, B, S, device, compile=a.compile, graph=True)); continue

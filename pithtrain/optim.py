@@ -91,8 +91,14 @@ class Muon(torch.optim.Optimizer):
 
 # %% ../nbs/21_optim.ipynb #7b47962a
 @triton.jit
-def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size, b1, b2, eps, bc2_sqrt,
-                  HAS_GS:tl.constexpr, COPY:tl.constexpr, BLOCK:tl.constexpr):
+def _round_bf16(x, r):
+    "fp32 `x` to bf16, stochastically: `r` (uint32, random) decides, up with probability = the dropped fraction of an ulp."
+    b = (x.to(tl.uint32, bitcast=True) + (r & 0xFFFF)) & 0xFFFF0000   # sign-magnitude: rounds the magnitude, unbiased
+    return b.to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+@triton.jit
+def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size, b1, b2, eps, bc2_sqrt, seed,
+                  HAS_GS:tl.constexpr, COPY:tl.constexpr, SR:tl.constexpr, BLOCK:tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
@@ -103,8 +109,13 @@ def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size
     m = m + (1.0 - b1) * (g - m)
     v = b2 * v + (1.0 - b2) * g * g
     p = p * decay - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=ok)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=ok)
+    if SR:   # bf16 moments, stochastically rounded (one Philox call gives the two random words)
+        r1, r2, _, _ = tl.randint4x(seed, offs)
+        tl.store(m_ptr + offs, _round_bf16(m, r1), mask=ok)
+        tl.store(v_ptr + offs, _round_bf16(v, r2), mask=ok)
+    else:
+        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=ok)
+        tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=ok)
     tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=ok)
     if COPY: tl.store(c_ptr + offs, p.to(c_ptr.dtype.element_ty), mask=ok)
 
@@ -117,10 +128,14 @@ class AdamW(torch.optim.AdamW):
     def __init__(self, params, lr:float=1e-3, betas:tuple=(0.9, 0.999), eps:float=1e-8, weight_decay:float=1e-2,
                  copy_dtype:torch.dtype|None=torch.bfloat16, # dtype of the compute copies (None: write none)
                  block:int=1024,               # elements per Triton program
-                 triton_on_cpu:bool=False      # run the kernel through the interpreter on CPU tensors (tests)
+                 triton_on_cpu:bool=False,     # run the kernel through the interpreter on CPU tensors (tests)
+                 state_dtype:torch.dtype=torch.float32 # of exp_avg, exp_avg_sq: bfloat16 is stored stochastically rounded
                 ):
+        if state_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"AdamW state_dtype {state_dtype}: choose torch.float32 or torch.bfloat16")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self.copy_dtype, self.block, self.triton_on_cpu = copy_dtype, block, triton_on_cpu
+        self.copy_dtype, self.block, self.triton_on_cpu, self.state_dtype = copy_dtype, block, triton_on_cpu, state_dtype
+        self._index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g['params'])}   # seeds
 
     def _triton(self)->bool:
         ps = [p for g in self.param_groups for p in g['params']]
@@ -134,6 +149,8 @@ class AdamW(torch.optim.AdamW):
             with torch.enable_grad(): loss = closure()
         gs = getattr(self, 'grad_scale', None)
         if not self._triton():   # torch's step, on gradients divided here (it only takes `grad_scale` when fused)
+            if self.state_dtype != torch.float32:
+                raise ValueError("AdamW with bf16 state needs the Triton step: CUDA parameters (or triton_on_cpu under TRITON_INTERPRET=1)")
             if gs is not None: torch._foreach_div_([p.grad for g in self.param_groups for p in g['params'] if p.grad is not None], gs)
             self.grad_scale = None
             try: super().step()
@@ -176,8 +193,11 @@ class AdamW(torch.optim.AdamW):
 
     def _update(self, p, lr, b1, b2, eps, wd, gs):
         st = self.state[p]
-        if not st: st.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        sd = self.state_dtype
+        if not st: st.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, dtype=sd), exp_avg_sq=torch.zeros_like(p, dtype=sd))
         if st['step'].device.type != 'cpu': st['step'] = st['step'].cpu()   # a state saved by torch's fused AdamW
+        for k in ('exp_avg', 'exp_avg_sq'):   # torch's load_state_dict casts the moments to the parameter's dtype
+            if st[k].dtype != sd: st[k] = st[k].to(sd)
         st['step'] += 1; t = float(st['step'])
         w, g, m, v = (_local(x) for x in (p, p.grad, st['exp_avg'], st['exp_avg_sq']))
         if not (w.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
@@ -187,10 +207,11 @@ class AdamW(torch.optim.AdamW):
                 and not isinstance(p, DTensor))                                      # FSDP2 casts in its own all-gather
         if copy and (p.compute_copy is None or p.compute_copy.shape != p.shape or p.compute_copy.dtype != self.copy_dtype):
             p.compute_copy = torch.empty(p.shape, dtype=self.copy_dtype, device=p.device)
-        n = w.numel()
+        n, sr = w.numel(), sd == torch.bfloat16
+        seed = (int(t) * 1_000_003 + self._index.get(id(p), 0) * 7_919) % 2 ** 31 if sr else 0   # new per step and parameter
         if n: _adamw_kernel[(triton.cdiv(n, self.block),)](
             w, g, m, v, p.compute_copy if copy else w, gs if gs is not None else w, n, 1.0 - lr * wd, lr / (1 - b1 ** t),
-            b1, b2, eps, math.sqrt(1 - b2 ** t), HAS_GS=gs is not None, COPY=copy, BLOCK=self.block)
+            b1, b2, eps, math.sqrt(1 - b2 ** t), seed, HAS_GS=gs is not None, COPY=copy, SR=sr, BLOCK=self.block)
         if copy: p.compute_copy_version = p._version   # the kernel's raw writes leave the version counter alone
 
 # %% ../nbs/21_optim.ipynb #569af2b0
@@ -200,14 +221,18 @@ def build_optimizer(model:nn.Module,       # the model to optimise
                     weight_decay:float=0.1,
                     betas:tuple=(0.9, 0.95),
                     eps:float=1e-8,
-                    momentum:float=0.95    # Muon's momentum
+                    momentum:float=0.95,   # Muon's momentum
+                    state_dtype:torch.dtype=torch.float32 # AdamW's moments: bfloat16 (stochastically rounded) needs CUDA
                    )->torch.optim.Optimizer:
     "AdamW over `param_groups`, or Muon for `muon_eligible` matrices with AdamW for the rest."
     groups = param_groups(model, weight_decay)
+    if name not in ('adamw', 'muon'): raise ValueError(f"optimizer {name!r} is not known; choose 'adamw' or 'muon'")
+    cuda = all(p.is_cuda for g in groups for p in g['params'])
+    if state_dtype != torch.float32 and (name != 'adamw' or not cuda):
+        raise ValueError(f"state_dtype {state_dtype} is for AdamW on CUDA (got optimizer {name!r}, CUDA parameters: {cuda})")
     if name == 'adamw':
-        if all(p.is_cuda for g in groups for p in g['params']): return AdamW(groups, lr=lr, betas=betas, eps=eps)
+        if cuda: return AdamW(groups, lr=lr, betas=betas, eps=eps, state_dtype=state_dtype)
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
-    if name != 'muon': raise ValueError(f"optimizer {name!r} is not known; choose 'adamw' or 'muon'")
     out = []
     for g in groups:
         for muon in (True, False):

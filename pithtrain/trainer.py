@@ -43,6 +43,7 @@ class TrainConfig(Config):
     weight_decay:float = check(0.1, _nonneg, 'must be >= 0')
     beta1:float = check(0.9, lambda v: 0 <= v < 1, 'must be in [0, 1)')
     beta2:float = check(0.95, lambda v: 0 <= v < 1, 'must be in [0, 1)')
+    adam_state_dtype:str = choice('fp32', 'bf16')  # AdamW's moments; bf16: stochastically rounded, CUDA only (`optim.AdamW`)
     grad_clip:float = check(1.0, _nonneg, 'must be >= 0 (0: no clipping)')
     schedule:str = choice('cosine', 'wsd', 'constant')
     warmup:int = check(30, _nonneg, 'must be >= 0')
@@ -74,6 +75,8 @@ class TrainConfig(Config):
         super().validate()
         if self.warmup >= self.steps: raise ConfigError(f"TrainConfig.warmup = {self.warmup}: must be < steps = {self.steps}")
         if self.cuda_graph and self.grad_accum != 1: raise ConfigError(f"TrainConfig.cuda_graph: needs grad_accum = 1 (got {self.grad_accum})")
+        if self.adam_state_dtype == 'bf16' and (self.optimizer != 'adamw' or self.device == 'cpu'):
+            raise ConfigError(f"TrainConfig.adam_state_dtype = 'bf16': needs optimizer 'adamw' on CUDA (got {self.optimizer!r}, device {self.device!r})")
         if self.device not in ('auto', 'cpu') and not self.device.startswith('cuda'):
             raise ConfigError(f"TrainConfig.device = {self.device!r}: choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
@@ -357,7 +360,8 @@ def train(cfg:TrainConfig,              # the run's config
     info, device, amp, run_dir, model, loader, data_meta = _setup(cfg, model, loader)
     progress = progress and info.is_main
     mcfg = model.cfg.to_dict() if hasattr(model.cfg, 'to_dict') else {}
-    opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                          state_dtype=torch.bfloat16 if cfg.adam_state_dtype == 'bf16' else torch.float32)
     sched = build_schedule(opt, cfg.schedule, cfg.warmup, cfg.steps, cfg.min_lr_ratio, cfg.decay_frac)
     extra = dict(train_config=cfg.to_dict() | {'run_dir': str(run_dir)}, model_config=mcfg,
                  model_class=f'{type(model).__module__}.{type(model).__qualname__}', data=data_meta)

@@ -58,3 +58,23 @@ def test_model_trains_with_copies():
     assert w1.compute_copy is not None and mb.head_weight().compute_copy is not None
     with torch.no_grad(): assert compute_weight(w1, torch.bfloat16) is w1.compute_copy
     assert lb[-1] < lb[0] and max(abs(x - y) for x, y in zip(la, lb)) < 2e-2, (la, lb)
+
+def test_adamw_bf16_state_unbiased_and_tracks_fp32():
+    "bf16 moments, stochastically rounded: unbiased on a constant, the updates within bf16 precision of torch's fp32 AdamW."
+    w = torch.nn.Parameter(torch.zeros(1 << 20, device='cuda')); w.grad = torch.full_like(w, 1 + 2 ** -10)
+    o = AdamW([w], lr=0.0, betas=(0.0, 0.95), weight_decay=0.0, state_dtype=torch.bfloat16)
+    o.step(); m = o.state[w]['exp_avg'].float()
+    assert o.state[w]['exp_avg'].dtype == torch.bfloat16
+    assert abs((m > 1).float().mean().item() - 1 / 8) < 2e-3 and abs(m.mean().item() - (1 + 2 ** -10)) < 2e-5
+    a, b = _params(), _params()
+    w0 = [p.detach().clone() for p in b]
+    kw = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ref = torch.optim.AdamW(a, fused=True, **kw); ours = AdamW(b, state_dtype=torch.bfloat16, **kw)
+    g = torch.Generator(device='cuda').manual_seed(1)
+    for i in range(4):
+        for pa, pb in zip(a, b):
+            gr = torch.randn(pa.shape, device='cuda', generator=g) * 3; pa.grad, pb.grad = gr.clone(), gr.clone()
+        ref.step(); ours.step()
+    for pa, pb, p0 in zip(a, b, w0):
+        assert rel_err(pb - p0, pa - p0) < 1e-2, (pa.shape, rel_err(pb - p0, pa - p0))
+        for k in ('exp_avg', 'exp_avg_sq'): assert rel_err(ours.state[pb][k].float(), ref.state[pa][k]) < 1e-2
