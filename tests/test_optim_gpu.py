@@ -77,4 +77,5 @@ def test_adamw_bf16_state_unbiased_and_tracks_fp32():
         ref.step(); ours.step()
     for pa, pb, p0 in zip(a, b, w0):
         assert rel_err(pb - p0, pa - p0) < 1e-2, (pa.shape, rel_err(pb - p0, pa - p0))
-        for k in ('exp_avg', 'exp_avg_sq'): assert rel_err(ours.state[pb][k].float(), ref.state[pa][k]) < 1e-2
+        tol = 1e-2 if pb.numel() > 100 else 3e-2   # one element: each step's rounding error is up to an ulp (0.8%)
+        for k in ('exp_avg', 'exp_avg_sq'): assert rel_err(ours.state[pb][k].float(), ref.state[pa][k]) < tol, (pa.shape, k)
