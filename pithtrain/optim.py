@@ -91,12 +91,19 @@ class Muon(torch.optim.Optimizer):
 
 # %% ../nbs/21_optim.ipynb #7b47962a
 @triton.jit
+def _hash32(x):
+    "A 32-bit integer hash (lowbias32: xor-shifts and two multiplies): cheap random bits from a counter."
+    x = x ^ (x >> 16); x = x * 0x7FEB352D
+    x = x ^ (x >> 15); x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+@triton.jit
 def _round_bf16(x, r):
     "fp32 `x` to bf16, stochastically: `r` (uint32, random) decides, up with probability = the dropped fraction of an ulp."
     b = (x.to(tl.uint32, bitcast=True) + (r & 0xFFFF)) & 0xFFFF0000   # sign-magnitude: rounds the magnitude, unbiased
     return b.to(tl.float32, bitcast=True).to(tl.bfloat16)
 
-@triton.jit
+@triton.jit(do_not_specialize=['seed'])   # a new key every call: one compiled kernel for all of them
 def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size, b1, b2, eps, bc2_sqrt, seed,
                   HAS_GS:tl.constexpr, COPY:tl.constexpr, SR:tl.constexpr, BLOCK:tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -109,10 +116,10 @@ def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size
     m = m + (1.0 - b1) * (g - m)
     v = b2 * v + (1.0 - b2) * g * g
     p = p * decay - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
-    if SR:   # bf16 moments, stochastically rounded (one Philox call gives the two random words)
-        r1, r2, _, _ = tl.randint4x(seed, offs)
-        tl.store(m_ptr + offs, _round_bf16(m, r1), mask=ok)
-        tl.store(v_ptr + offs, _round_bf16(v, r2), mask=ok)
+    if SR:   # bf16 moments, stochastically rounded: one hash of (element, key) gives 16 random bits for each
+        r = _hash32((offs ^ seed).to(tl.uint32))
+        tl.store(m_ptr + offs, _round_bf16(m, r), mask=ok)
+        tl.store(v_ptr + offs, _round_bf16(v, r >> 16), mask=ok)
     else:
         tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=ok)
         tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=ok)
@@ -121,6 +128,13 @@ def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size
 
 # %% ../nbs/21_optim.ipynb #fb95df63
 def _local(t): return t.to_local() if isinstance(t, DTensor) else t
+
+def _key(step:int, index:int)->int:
+    "A well-mixed 31-bit key per (step, parameter index) for the moments' stochastic rounding (splitmix64's finaliser)."
+    z = (step * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % 2 ** 64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2 ** 64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2 ** 64
+    return (z ^ (z >> 31)) % 2 ** 31
 
 class AdamW(torch.optim.AdamW):
     "`torch.optim.AdamW` whose CUDA step is one Triton pass per parameter: clip factor read on device, compute copies written."
@@ -208,7 +222,7 @@ class AdamW(torch.optim.AdamW):
         if copy and (p.compute_copy is None or p.compute_copy.shape != p.shape or p.compute_copy.dtype != self.copy_dtype):
             p.compute_copy = torch.empty(p.shape, dtype=self.copy_dtype, device=p.device)
         n, sr = w.numel(), sd == torch.bfloat16
-        seed = (int(t) * 1_000_003 + self._index.get(id(p), 0) * 7_919) % 2 ** 31 if sr else 0   # new per step and parameter
+        seed = _key(int(t), self._index.get(id(p), 0)) if sr else 0   # new per step and parameter
         if n: _adamw_kernel[(triton.cdiv(n, self.block),)](
             w, g, m, v, p.compute_copy if copy else w, gs if gs is not None else w, n, 1.0 - lr * wd, lr / (1 - b1 ** t),
             b1, b2, eps, math.sqrt(1 - b2 ** t), seed, HAS_GS=gs is not None, COPY=copy, SR=sr, BLOCK=self.block)
