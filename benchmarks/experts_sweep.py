@@ -22,7 +22,7 @@ EXTRA = {'_fc1': [(128, 128, 64, 8, 2), (128, 128, 32, 8, 5)],
          '_wg': [(128, 128, 32, 8, 4, False), (128, 256, 32, 8, 4, False), (128, 128, 32, 8, 6, False), (256, 128, 32, 8, 4, False),
                  (128, 256, 32, 8, 3, False),
                  # two programs per SM (≤ 113 KB of shared memory each: one stores while the other computes), the
-                 # reason 128×128×32×4×4 (64 KB) wins today; not yet run (NOTES-experts round 8)
+                 # likely reason 128×128×32×4×4 (64 KB) wins today; not yet run (NOTES-experts round 8)
                  (128, 128, 32, 4, 3, False), (128, 128, 32, 4, 5, False), (128, 128, 64, 4, 2, False), (128, 128, 64, 4, 3, False)]}
 
 SHAPES = {'qwen3': (16384, 8, 128, 2048, 768), 'small': (16384, 8, 64, 1024, 512)}   # name: (T, k, E, H, I)
