@@ -56,6 +56,7 @@ def dh_split():
 
 def main():
     only = [n for n in ('_fc1', '_pmm', '_wg') if f'--{n[1:]}' in sys.argv]   # e.g. --fc1: that kernel only
+    store = X._TMA_STORE   # the process's setting, put back after each kernel's sweep
     dev, bf = 'cuda', torch.bfloat16
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/experts_sweep.py', rows=[])
@@ -69,7 +70,7 @@ def main():
         w2 = torch.randn(E, I, H, device=dev, dtype=bf) * 0.02
         dw1, dw2 = torch.empty(E, H, 2 * I, device=dev), torch.empty(E, I, H, device=dev)
         f1, f2 = 2 * N * H * 2 * I, 2 * N * I * H
-        nh, ngu, ny, ndg = torch.empty(N, I, device=dev, dtype=bf), torch.empty_like(gu), torch.empty(N, H, device=dev, dtype=bf), torch.empty_like(gu)
+        nh, ngu, ny = torch.empty(N, I, device=dev, dtype=bf), torch.empty_like(gu), torch.empty(N, H, device=dev, dtype=bf)
         calls = {'_fc1': [('fc1', lambda: X._launch(X._fc1, xg, None, offs, w1, None, nh, ngu, H, I, I, w1.stride(2), w1.stride(1), 1) is None or nh, f1)],
                  '_pmm': [('fc2', lambda: X._launch(X._mm, h, None, offs, w2, None, ny, None, I, H, I, w2.stride(2), w2.stride(1), 0), f2),
                           ('dx', lambda: X._launch(X._mm, dgu, None, offs, w1, None, ny, None, 2 * I, H, I, w1.stride(1), w1.stride(2), 0), f1),
@@ -77,13 +78,13 @@ def main():
                  '_wg': [('dW1', lambda: X._wgrad(xg, None, dgu, offs, dw1, None), f1), ('dW2', lambda: X._wgrad(h, None, dy, offs, dw2, None), f2)]}
         for name, tuned in [(n, getattr(X, n)) for n in calls if not only or n in only]:
             refs = {}
-            modes = (False, True) if name == '_fc1' else (X._TMA_STORE,)   # only fc1 has TMA stores
+            modes = (False, True) if name == '_fc1' else (store,)   # only fc1 has TMA stores
             for shape, ts in [(s, ts) for s in list(X._SHAPES[name]) + EXTRA[name] for ts in modes] + [('autotune', True)]:
                 X._TMA_STORE = ts
                 setattr(X, name, tuned if shape == 'autotune' else X._tuned(tuned.fn, X._cfgs(shape), tuned.keys))
                 for what, fn, flop in calls[name]:
                     try:
-                        for buf in (nh, ngu, ny, ndg, dw1, dw2): buf.fill_(float('nan'))   # an unwritten element shows as NaN
+                        for buf in (nh, ngu, ny, dw1, dw2): buf.fill_(float('nan'))   # an unwritten element shows as NaN
                         out = fn().float().clone(); torch.cuda.synchronize()
                         t = do_bench(fn, warmup=5, rep=40, return_mode='median') * 1e3
                         ref = refs.setdefault(what, out)
@@ -92,7 +93,7 @@ def main():
                     except Exception as ex: row = dict(shape=sname, kernel=what, cfg=shape, ts=ts, error=repr(ex)[:200])
                     if shape == 'autotune' and 'us' in row: row['picked'] = str(getattr(X, name).best_config)
                     res['rows'].append(row); print(row, flush=True)
-            setattr(X, name, tuned)
+            setattr(X, name, tuned); X._TMA_STORE = store
     out = os.environ.get('OUT')
     if out: json.dump(res, open(os.path.join(out, 'experts_sweep.json'), 'w'), indent=1)
 
