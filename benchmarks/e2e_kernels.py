@@ -18,6 +18,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument('--preset', default='qwen3-30b-a3b-6l', choices=list(BATCH))
 ap.add_argument('--compile', action='store_true')
 ap.add_argument('--graph', action='store_true', help='forward + backward replayed as one CUDA graph')
+ap.add_argument('--overlap', action='store_true', help='with --graph: the AdamW step on a side stream beside the next forward')
+ap.add_argument('--main-hi', action='store_true', help='with --overlap: the graph replayed on a high-priority stream')
 ap.add_argument('--steps', type=int, default=3)
 ap.add_argument('--rows', type=int, default=45)
 ap.add_argument('--cpu-smoke', action='store_true')
@@ -26,7 +28,16 @@ ap.add_argument('--by-op', type=int, default=0, help='also list this many (kerne
 a = ap.parse_args()
 dev = torch.device('cpu' if a.cpu_smoke else 'cuda')
 c = Qwen3MoEConfig.preset(a.preset); B, S = BATCH[a.preset]
-model, opt, step = pithtrain_step(c, B, S, dev, compile=a.compile, graph=a.graph)
+model, opt, step = pithtrain_step(c, B, S, dev, compile=a.compile, graph=a.graph, overlap=a.overlap)
+if a.main_hi:   # as ab_steps.py's 'overlap-main' variant
+    import pithtrain.trainer as T
+    _call = T.GraphedStep.__call__
+    def _main_hi(self, batches):
+        if not hasattr(self, '_hs'): self._hs = torch.cuda.Stream(self.device, priority=-1)
+        cur = torch.cuda.current_stream(self.device); self._hs.wait_stream(cur)
+        with torch.cuda.stream(self._hs): out = _call(self, batches)
+        cur.wait_stream(self._hs); return out
+    T.GraphedStep.__call__ = _main_hi
 for _ in range(3): step()
 if dev.type == 'cuda': torch.cuda.synchronize()
 acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
@@ -45,11 +56,26 @@ if dev.type == 'cuda':
         if end is None or s0 > end: busy += s1 - s0; end = s1
         elif s1 > end: busy += s1 - end; end = s1
     busy = busy / a.steps / 1e3
+hidden = ''   # with --overlap: how much of the AdamW kernels' time ran beside other kernels
+if dev.type == 'cuda' and a.overlap:
+    ks = [(e.time_range.start, e.time_range.end, 'adamw' in e.name) for e in p.events()
+          if e.device_type.name == 'CUDA' and not e.name.startswith(ANNOT)]
+    oth = sorted((s0, s1) for s0, s1, ad in ks if not ad); un = []
+    for s0, s1 in oth:   # union of the other kernels' intervals
+        if un and s0 <= un[-1][1]: un[-1][1] = max(un[-1][1], s1)
+        else: un.append([s0, s1])
+    import bisect
+    starts = [u[0] for u in un]; tot_ad = ov_ad = 0.0
+    for s0, s1, ad in ks:
+        if not ad: continue
+        tot_ad += s1 - s0; i = max(0, bisect.bisect_right(starts, s0) - 1)
+        while i < len(un) and un[i][0] < s1: ov_ad += max(0.0, min(s1, un[i][1]) - max(s0, un[i][0])); i += 1
+    hidden = f"; AdamW kernels {tot_ad / a.steps / 1e3:.2f} ms/step, of which {ov_ad / a.steps / 1e3:.2f} beside other kernels"
 key = (lambda e: e.self_device_time_total) if dev.type == 'cuda' else (lambda e: e.self_cpu_time_total)
 ev.sort(key=key, reverse=True)
 total = sum(key(e) for e in ev) / a.steps / 1e3
 lines = [f"preset {a.preset} B{B}xS{S} compile={a.compile} graph={a.graph} steps={a.steps}: wall {wall:.1f} ms/step (profiled), "
-         f"kernel time {total:.1f} ms/step, GPU busy {busy:.1f} ms/step (union of kernel intervals)", f"{'ms/step':>8} {'share':>6} {'calls':>6}  kernel"]
+         f"kernel time {total:.1f} ms/step, GPU busy {busy:.1f} ms/step (union of kernel intervals){hidden}", f"{'ms/step':>8} {'share':>6} {'calls':>6}  kernel"]
 for e in ev[:a.rows]:
     ms = key(e) / a.steps / 1e3
     lines.append(f"{ms:8.2f} {ms / max(total, 1e-9):6.1%} {e.count // a.steps:6d}  {e.key[:150]}")
@@ -72,4 +98,4 @@ if a.by_op:   # which op launched each kernel: its name, two enclosing ops and i
         lines.append(f"{us / a.steps / 1e3:8.3f} {n // a.steps:6d}  {kn} | {ch[:140]} | {sh}")
 txt = '\n'.join(lines); print(txt)
 out = os.environ.get('OUT')
-if out: open(os.path.join(out, f'e2e_kernels-{a.preset}{"-compile" if a.compile else ""}{"-graph" if a.graph else ""}.txt'), 'w').write(txt + '\n')
+if out: open(os.path.join(out, f'e2e_kernels-{a.preset}{"-compile" if a.compile else ""}{"-graph" if a.graph else ""}{"-overlap" if a.overlap else ""}{"-mainhi" if a.main_hi else ""}.txt'), 'w').write(txt + '\n')

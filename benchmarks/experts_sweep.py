@@ -59,7 +59,7 @@ def main():
     store = X._TMA_STORE   # the process's setting, put back after each kernel's sweep
     dev, bf = 'cuda', torch.bfloat16
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
-               command='python3 benchmarks/experts_sweep.py', rows=[])
+               command='python3 benchmarks/experts_sweep.py ' + ' '.join(sys.argv[1:]), rows=[])
     for sname, (T, k, E, H, I) in SHAPES.items():
         plan, offs = routing(T, k, E)
         N = plan.token_idx.numel()

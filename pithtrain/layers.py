@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['YARN_KEYS', 'CUDNN_FIRST', 'CE_CHUNK_BYTES', 'OUT_PROJ', 'BIASES', 'RMSNorm', 'yarn_mscale', 'check_rope_scaling',
            'yarn_inv_freq', 'rope_cache', 'apply_rope', 'attention_mask', 'attention_reference', 'causal_sdpa', 'sdpa',
-           'Attention', 'MLAttention', 'SwiGLUMLP', 'ce_chunk', 'cross_entropy', 'init_std', 'init_weights']
+           'Attention', 'MLAttention', 'SwiGLUMLP', 'ce_chunk', 'cross_entropy', 'embedding_backward', 'Embedding',
+           'init_std', 'init_weights']
 
 # %% ../nbs/04_layers.ipynb #614ef191
 import math, os
@@ -350,7 +351,7 @@ class _FusedCE(torch.autograd.Function):
         loss = torch.empty(T, dtype=torch.float32, device=dev)
         one = 0 < T <= chunk
         dh = torch.empty(h.shape, dtype=h.dtype, device=dev) if need_h else None
-        dw = None if not need_w or one else torch.zeros(w.shape, dtype=torch.float32, device=dev)
+        dw = None   # the first chunk's product writes it (no zero fill), later chunks add theirs in fp32
         rows = _ce_rows if use_triton else _ce_rows_torch
         with torch.autocast(dev.type, enabled=False):
             for i in range(0, T, chunk):
@@ -358,7 +359,7 @@ class _FusedCE(torch.autograd.Function):
                 lg = hi @ wc.t()                     # (n, V) in the compute dtype
                 rows(lg, labels[i:i + chunk], scale, need_h or need_w, loss[i:i + chunk])   # lg is now the gradient
                 if need_h: dh[i:i + chunk] = lg @ wc
-                if need_w: dw = _mm_to(lg.t(), hi, w.dtype) if one else _acc_mm(dw, lg.t(), hi)
+                if need_w: dw = _mm_to(lg.t(), hi, w.dtype if one else torch.float32) if dw is None else _acc_mm(dw.float(), lg.t(), hi)
                 del lg
         ctx.save_for_backward(dh, dw)
         return loss.sum() / denom
@@ -392,6 +393,60 @@ def cross_entropy(hidden:torch.Tensor, # (T, H) final hidden states (or (B, S, H
     args = (h, weight, l, chunk, reduction, dt, torch.is_grad_enabled(), use_triton)
     if torch.compiler.is_compiling(): return torch.compiler.disable(_FusedCE.apply)(*args)   # eager inside a compiled caller
     return _FusedCE.apply(*args)
+
+# %% ../nbs/04_layers.ipynb #8a1eec7d
+@triton.jit
+def _embed_bwd_kernel(dy, order, starts, dw, H, BR:tl.constexpr, BH:tl.constexpr):
+    "dw[v, column block] = Σ dy[t] over the tokens t with id v (positions order[starts[v]:starts[v+1]]), fp32; 0 if none."
+    v = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BH + tl.arange(0, BH)
+    okc = cols < H
+    lo, hi = tl.load(starts + v), tl.load(starts + v + 1)
+    acc = tl.zeros((BH,), tl.float32)
+    for r0 in range(lo, hi, BR):
+        r = r0 + tl.arange(0, BR)
+        tok = tl.load(order + r, mask=r < hi, other=0).to(tl.int64)
+        x = tl.load(dy + tok[:, None] * H + cols[None, :], mask=(r < hi)[:, None] & okc[None, :], other=0.0)
+        acc += tl.sum(x.to(tl.float32), 0)
+    tl.store(dw + v * H + cols, acc, mask=okc)
+
+def embedding_backward(ids:torch.Tensor, # token ids, any shape, int
+                       dy:torch.Tensor,  # (*ids.shape, H) gradient of the lookup's output
+                       V:int,            # vocabulary rows
+                       dtype:torch.dtype=torch.float32, # of the result (the weight's)
+                       block:int|None=None # columns per program (power of 2); None: min(H, 1024)
+                      )->torch.Tensor:
+    "Dense (V, H) gradient of `F.embedding(ids, w)`: row v = Σ of dy over the tokens with id v, summed in fp32 in token order."
+    ids = ids.reshape(-1)
+    dy = dy.reshape(ids.numel(), dy.shape[-1]).contiguous()
+    H = dy.shape[1]
+    sid, order = torch.sort(ids, stable=True)
+    starts = torch.searchsorted(sid, torch.arange(V + 1, device=ids.device, dtype=sid.dtype))
+    dw = torch.empty(V, H, dtype=torch.float32, device=dy.device)
+    BH = block or min(triton.next_power_of_2(H), 1024)
+    if V and H: _embed_bwd_kernel[(V, triton.cdiv(H, BH))](dy, order, starts, dw, H, BR=16, BH=BH, num_warps=4)
+    return dw.to(dtype)
+
+class _Embed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, w, dt):
+        ctx.save_for_backward(ids); ctx.V, ctx.wdt = w.shape[0], w.dtype
+        return F.embedding(ids, w).to(dt)
+
+    @staticmethod
+    def backward(ctx, g):
+        ids, = ctx.saved_tensors
+        return None, embedding_backward(ids, g, ctx.V, ctx.wdt) if ctx.needs_input_grad[1] else None, None
+
+class Embedding(nn.Embedding):
+    "`nn.Embedding` with its output in the autocast dtype and, on CUDA, its gradient from `embedding_backward`."
+    def forward(self, ids:torch.Tensor)->torch.Tensor:
+        dev = ids.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.weight.dtype
+        plain = self.padding_idx is not None or self.max_norm is not None or self.sparse or self.scale_grad_by_freq
+        if plain or not ids.is_cuda: return super().forward(ids).to(dt)
+        if torch.compiler.is_compiling(): return torch.compiler.disable(_Embed.apply)(ids, self.weight, dt)
+        return _Embed.apply(ids, self.weight, dt)
 
 # %% ../nbs/04_layers.ipynb #6afde1c6
 OUT_PROJ = ('o_proj', 'down_proj', 'w2')

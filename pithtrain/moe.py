@@ -17,7 +17,7 @@ from .dispatch import make_plan, combine
 from .dispatch_ep import ep_dispatch, ep_combine
 from .experts import expert_ffn, expert_ffn_grouped_mm
 from .core import Config, ConfigError, keep_compute_copy
-from .layers import RMSNorm, SwiGLUMLP, cross_entropy, rope_cache, init_weights, check_rope_scaling
+from .layers import RMSNorm, SwiGLUMLP, Embedding, cross_entropy, rope_cache, init_weights, check_rope_scaling
 from .checkpoint_hf import read_hf_config, load_hf, save_hf
 
 # %% ../nbs/05_moe.ipynb #9b435aef
@@ -176,7 +176,7 @@ class CausalLM(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)   # output in the autocast dtype, one-pass gradient
         self.layers = nn.ModuleList(self.block(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -200,8 +200,7 @@ class CausalLM(nn.Module):
     def forward(self, input_ids:torch.Tensor,           # (B, S) int64 token ids
                 labels:torch.Tensor|None=None           # (B, S) aligned targets (-100: ignore); None: return logits
                )->ModelOutput:
-        x, dev = self.embed_tokens(input_ids), input_ids.device.type
-        if torch.is_autocast_enabled(dev): x = x.to(torch.get_autocast_dtype(dev))   # bf16 residual stream, as HF keeps it
+        x = self.embed_tokens(input_ids)   # `Embedding`: in the autocast dtype, a bf16 residual stream as HF keeps it
         cos, sin = self.rope(input_ids.shape[1], x.device)
         routed = []
         for layer in self.layers:

@@ -1,4 +1,4 @@
-"GPU checks of pithtrain.layers: bf16 attention paths (SDPA, window, sinks, MLA) and the fused cross-entropy (Triton kernel, bf16 numerics, memory)."
+"GPU checks of pithtrain.layers: bf16 attention paths (SDPA, window, sinks, MLA), the fused cross-entropy (Triton kernel, bf16 numerics, memory) and the embedding gradient."
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
 from pithtrain.core import rel_err
 from pithtrain.layers import sdpa, attention_reference, cross_entropy, Attention, MLAttention, rope_cache, RMSNorm
@@ -165,3 +165,28 @@ def test_fused_ce_inside_torch_compile():
         l.backward(); return l.detach(), x.grad
     (le, ge), (lc, gc) = run(f), run(torch.compile(f))
     assert abs(le.item() - lc.item()) < 1e-4 and rel_err(gc, ge) < 1e-2
+
+@pytest.mark.parametrize('V,H', [(32000, 1024), (151936, 2048), (1000, 40)])
+def test_embedding_one_pass_gradient(V, H):
+    "`Embedding` on CUDA: bf16 output under autocast, fp32 gradient equal to nn.Embedding's (skewed ids, unused rows), in a CUDA graph too."
+    from pithtrain.layers import Embedding, embedding_backward
+    torch.manual_seed(0)
+    ids = torch.randint(0, V, (8, 2048), device='cuda'); ids[:, ::4] = 7   # one id on a quarter of the tokens
+    ours, ref = Embedding(V, H).cuda(), nn.Embedding(V, H).cuda()
+    ref.weight.data.copy_(ours.weight.data)
+    g = torch.randn(8, 2048, H, device='cuda', dtype=torch.bfloat16)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        out = ours(ids)
+        assert out.dtype == torch.bfloat16 and torch.equal(out, ref(ids).to(torch.bfloat16))
+    out.backward(g); ref(ids).backward(g.float())
+    assert ours.weight.grad.dtype == torch.float32 and rel_err(ours.weight.grad, ref.weight.grad) < 1e-6
+    assert torch.equal(embedding_backward(ids, g, V), ours.weight.grad)   # deterministic: the same bits again
+    # captured into a CUDA graph (no host sync), replayed on new ids
+    x = ids.clone(); gg = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s): embedding_backward(x, g, V)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(gg): dw = embedding_backward(x, g, V)
+    x.copy_(torch.randint(0, V, x.shape, device='cuda')); gg.replay()
+    want = torch.zeros(V, H, device='cuda').index_add_(0, x.reshape(-1), g.reshape(-1, H).float())
+    assert rel_err(dw, want) < 1e-6
