@@ -273,7 +273,7 @@ def bf16_weights(model):
     model.to(torch.bfloat16)
 
 def fp32_residual(model):
-    "Cast the embedding output back to fp32: residual stream, norms and LM head inputs then fp32."
+    "Cast the embedding output to fp32: the stream stays fp32 up to the first MoE layer's combine (it writes bf16)."
     model.embed_tokens.register_forward_hook(lambda m, a, o: o.float())
 
 LEVERS = ('flash-attention', 'fp32-ce', 'fp32-residual', 'torch-experts', 'trainer-sync', 'full-logits-ce', 'clip-pass', 'torch-router', 'bf16-weights', 'torch-adamw')
