@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['YARN_KEYS', 'CUDNN_FIRST', 'CE_CHUNK_BYTES', 'OUT_PROJ', 'BIASES', 'RMSNorm', 'yarn_mscale', 'check_rope_scaling',
            'yarn_inv_freq', 'rope_cache', 'apply_rope', 'attention_mask', 'attention_reference', 'causal_sdpa', 'sdpa',
-           'Attention', 'MLAttention', 'SwiGLUMLP', 'ce_chunk', 'cross_entropy', 'embedding_backward', 'Embedding',
-           'init_std', 'init_weights']
+           'Attention', 'MLAttention', 'SwiGLUMLP', 'scale_sq', 'ce_chunk', 'cross_entropy', 'embedding_backward',
+           'Embedding', 'init_std', 'init_weights']
 
 # %% ../nbs/04_layers.ipynb #614ef191
 import math, os
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import triton, triton.language as tl
-from .core import compute_weight
+from .core import compute_weight, note_sq_norm
 
 # %% ../nbs/04_layers.ipynb #8b7c0f1b
 class RMSNorm(nn.Module):
@@ -307,6 +307,25 @@ def _ce_rows_torch(lg, labels, scale, grad, out):
         lg.copy_(x)
     return out
 
+# %% ../nbs/04_layers.ipynb #50352063
+@triton.jit
+def _scale_sq_kernel(x, g, out, sq, n, BLOCK:tl.constexpr):
+    "out = x · g (g: a 0-d tensor); sq[program] = Σ out² over its block."
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    y = tl.load(x + offs, mask=ok, other=0.0).to(tl.float32) * tl.load(g).to(tl.float32)
+    tl.store(out + offs, y, mask=ok)
+    tl.store(sq + tl.program_id(0), tl.sum(y * y, 0))
+
+def scale_sq(x:torch.Tensor, # fp32, contiguous
+             g:torch.Tensor  # 0-d: the factor (read on the device: no host sync)
+            )->tuple:
+    "(x · g, ‖x · g‖²) in one Triton pass over x."
+    x = x.contiguous(); n, B = x.numel(), 4096
+    out = torch.empty_like(x); slots = torch.zeros(max(triton.cdiv(n, B), 1), dtype=torch.float32, device=x.device)
+    if n: _scale_sq_kernel[(triton.cdiv(n, B),)](x, g.reshape(()).to(x.device), out, slots, n, BLOCK=B, num_warps=8)
+    return out, slots.sum()
+
 # %% ../nbs/04_layers.ipynb #af723e14
 CE_CHUNK_BYTES = 4 << 30   # default chunk: the fewest equal chunks whose (chunk, V) logits fit in this many bytes
 
@@ -343,7 +362,7 @@ class _FusedCE(torch.autograd.Function):
     def forward(ctx, h, w, labels, chunk, reduction, dt, grad, use_triton):
         T, dev = h.shape[0], h.device
         need_h, need_w = grad and ctx.needs_input_grad[0], grad and ctx.needs_input_grad[1]
-        ctx.wdt = w.dtype
+        ctx.wdt, ctx.w, ctx.use_triton = w.dtype, w, use_triton   # w: for the gradient-norm note (`core.note_sq_norm`)
         ok = labels != -100
         denom = ok.sum().clamp_min(1).float() if reduction == 'mean' else torch.ones((), device=dev)
         scale = denom.reciprocal()
@@ -367,7 +386,10 @@ class _FusedCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         dh, dw = ctx.saved_tensors
-        return (None if dh is None else dh * g, None if dw is None else dw.to(ctx.wdt) * g,
+        if dw is not None and ctx.use_triton and dw.dtype == ctx.wdt == torch.float32:   # an fp32 master's gradient:
+            dw, sq = scale_sq(dw, g); note_sq_norm(ctx.w, dw, sq)                        # scaled, its Σ² noted, one pass
+        elif dw is not None: dw = dw.to(ctx.wdt) * g
+        return (None if dh is None else dh * g, dw,
                 None, None, None, None, None, None)
 
 def cross_entropy(hidden:torch.Tensor, # (T, H) final hidden states (or (B, S, H))
@@ -396,7 +418,7 @@ def cross_entropy(hidden:torch.Tensor, # (T, H) final hidden states (or (B, S, H
 
 # %% ../nbs/04_layers.ipynb #8a1eec7d
 @triton.jit
-def _embed_bwd_kernel(dy, order, starts, dw, H, BR:tl.constexpr, BH:tl.constexpr):
+def _embed_bwd_kernel(dy, order, starts, dw, sq, H, BR:tl.constexpr, BH:tl.constexpr):
     "dw[v, column block] = Σ dy[t] over the tokens t with id v (positions order[starts[v]:starts[v+1]]), fp32; 0 if none."
     v = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
@@ -409,13 +431,15 @@ def _embed_bwd_kernel(dy, order, starts, dw, H, BR:tl.constexpr, BH:tl.constexpr
         x = tl.load(dy + tok[:, None] * H + cols[None, :], mask=(r < hi)[:, None] & okc[None, :], other=0.0)
         acc += tl.sum(x.to(tl.float32), 0)
     tl.store(dw + v * H + cols, acc, mask=okc)
+    tl.store(sq + v * tl.num_programs(1) + tl.program_id(1), tl.sum(acc * acc, 0))   # this block's Σ dw²
 
 def embedding_backward(ids:torch.Tensor, # token ids, any shape, int
                        dy:torch.Tensor,  # (*ids.shape, H) gradient of the lookup's output
                        V:int,            # vocabulary rows
                        dtype:torch.dtype=torch.float32, # of the result (the weight's)
-                       block:int|None=None # columns per program (power of 2); None: min(H, 1024)
-                      )->torch.Tensor:
+                       block:int|None=None, # columns per program (power of 2); None: min(H, 1024)
+                       sq:bool=False     # also return ‖dw‖² (fp32, 0-d), summed from the programs' blocks
+                      ):
     "Dense (V, H) gradient of `F.embedding(ids, w)`: row v = Σ of dy over the tokens with id v, summed in fp32 in token order."
     ids = ids.reshape(-1)
     dy = dy.reshape(ids.numel(), dy.shape[-1]).contiguous()
@@ -424,19 +448,23 @@ def embedding_backward(ids:torch.Tensor, # token ids, any shape, int
     starts = torch.searchsorted(sid, torch.arange(V + 1, device=ids.device, dtype=sid.dtype))
     dw = torch.empty(V, H, dtype=torch.float32, device=dy.device)
     BH = block or min(triton.next_power_of_2(H), 1024)
-    if V and H: _embed_bwd_kernel[(V, triton.cdiv(H, BH))](dy, order, starts, dw, H, BR=16, BH=BH, num_warps=4)
-    return dw.to(dtype)
+    slots = torch.zeros(V * triton.cdiv(H, BH) if V and H else 1, dtype=torch.float32, device=dy.device)
+    if V and H: _embed_bwd_kernel[(V, triton.cdiv(H, BH))](dy, order, starts, dw, slots, H, BR=16, BH=BH, num_warps=4)
+    return (dw.to(dtype), slots.sum()) if sq else dw.to(dtype)
 
 class _Embed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ids, w, dt):
-        ctx.save_for_backward(ids); ctx.V, ctx.wdt = w.shape[0], w.dtype
+        ctx.save_for_backward(ids); ctx.V, ctx.wdt, ctx.w = w.shape[0], w.dtype, w
         return F.embedding(ids, w).to(dt)
 
     @staticmethod
     def backward(ctx, g):
         ids, = ctx.saved_tensors
-        return None, embedding_backward(ids, g, ctx.V, ctx.wdt) if ctx.needs_input_grad[1] else None, None
+        if not ctx.needs_input_grad[1]: return None, None, None
+        dw, sq = embedding_backward(ids, g, ctx.V, ctx.wdt, sq=True)
+        if dw.dtype == torch.float32: note_sq_norm(ctx.w, dw, sq)   # the gradient clip then skips reading it again
+        return None, dw, None
 
 class Embedding(nn.Embedding):
     "`nn.Embedding` with its output in the autocast dtype and, on CUDA, its gradient from `embedding_backward`."

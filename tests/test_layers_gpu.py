@@ -190,3 +190,21 @@ def test_embedding_one_pass_gradient(V, H):
     x.copy_(torch.randint(0, V, x.shape, device='cuda')); gg.replay()
     want = torch.zeros(V, H, device='cuda').index_add_(0, x.reshape(-1), g.reshape(-1, H).float())
     assert rel_err(dw, want) < 1e-6
+
+def test_embedding_and_head_note_grad_sq_norm():
+    "A Qwen3 model's embedding and LM head gradients come with ‖dW‖² noted; clip_grad_norm_ uses the notes and matches torch."
+    from pithtrain.core import noted_sq_norm
+    from pithtrain.distributed import clip_grad_norm_
+    from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
+    torch.manual_seed(0)
+    c = Qwen3MoEConfig.preset('tiny')
+    with torch.device('cuda'): m = Qwen3MoE(c)
+    ids = torch.randint(0, c.vocab_size, (2, 64), device='cuda')
+    with torch.autocast('cuda', dtype=torch.bfloat16): out = m(ids, ids)
+    (3.0 * out.loss).backward()
+    for w in (m.embed_tokens.weight, m.lm_head.weight):
+        ref = w.grad.double().square().sum()
+        assert noted_sq_norm(w) is not None and abs(noted_sq_norm(w).double() / ref - 1) < 1e-5
+    ps = [p for p in m.parameters() if p.grad is not None]
+    n_ref = torch.nn.utils.clip_grad_norm_(ps, float('inf'))
+    assert abs(clip_grad_norm_(ps, float('inf')) / n_ref - 1) < 1e-5
