@@ -19,7 +19,6 @@ ap.add_argument('--preset', default='qwen3-30b-a3b-6l', choices=list(BATCH))
 ap.add_argument('--compile', action='store_true')
 ap.add_argument('--graph', action='store_true', help='forward + backward replayed as one CUDA graph')
 ap.add_argument('--overlap', action='store_true', help='with --graph: the AdamW step on a side stream beside the next forward')
-ap.add_argument('--main-hi', action='store_true', help='with --overlap: the graph replayed on a high-priority stream')
 ap.add_argument('--steps', type=int, default=3)
 ap.add_argument('--rows', type=int, default=45)
 ap.add_argument('--cpu-smoke', action='store_true')
@@ -29,15 +28,6 @@ a = ap.parse_args()
 dev = torch.device('cpu' if a.cpu_smoke else 'cuda')
 c = Qwen3MoEConfig.preset(a.preset); B, S = BATCH[a.preset]
 model, opt, step = pithtrain_step(c, B, S, dev, compile=a.compile, graph=a.graph, overlap=a.overlap)
-if a.main_hi:   # as ab_steps.py's 'overlap-main' variant
-    import pithtrain.trainer as T
-    _call = T.GraphedStep.__call__
-    def _main_hi(self, batches):
-        if not hasattr(self, '_hs'): self._hs = torch.cuda.Stream(self.device, priority=-1)
-        cur = torch.cuda.current_stream(self.device); self._hs.wait_stream(cur)
-        with torch.cuda.stream(self._hs): out = _call(self, batches)
-        cur.wait_stream(self._hs); return out
-    T.GraphedStep.__call__ = _main_hi
 for _ in range(3): step()
 if dev.type == 'cuda': torch.cuda.synchronize()
 acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
@@ -48,23 +38,21 @@ with profile(activities=acts, record_shapes=bool(a.by_op)) as p:
 wall = (time.perf_counter() - t0) / a.steps * 1e3
 ANNOT = ('Optimizer.', 'ProfilerStep')   # user annotations that also show on the GPU timeline: not kernels
 ev = [e for e in p.key_averages() if (e.device_type.name == 'CUDA' if dev.type == 'cuda' else True) and not e.key.startswith(ANNOT)]
-busy = 0.0   # GPU busy time: the union of the kernels' intervals (what is left of the wall time is idle GPU)
-if dev.type == 'cuda':
-    end = None
-    for s0, s1 in sorted((e.time_range.start, e.time_range.end) for e in p.events()
-                         if e.device_type.name == 'CUDA' and not e.name.startswith(ANNOT)):
-        if end is None or s0 > end: busy += s1 - s0; end = s1
-        elif s1 > end: busy += s1 - end; end = s1
-    busy = busy / a.steps / 1e3
-hidden = ''   # with --overlap: how much of the AdamW kernels' time ran beside other kernels
-if dev.type == 'cuda' and a.overlap:
-    ks = [(e.time_range.start, e.time_range.end, 'adamw' in e.name) for e in p.events()
-          if e.device_type.name == 'CUDA' and not e.name.startswith(ANNOT)]
-    oth = sorted((s0, s1) for s0, s1, ad in ks if not ad); un = []
-    for s0, s1 in oth:   # union of the other kernels' intervals
+def union(iv):
+    "Merged [start, end] intervals covering `iv` (sorted)."
+    un = []
+    for s0, s1 in sorted(iv):
         if un and s0 <= un[-1][1]: un[-1][1] = max(un[-1][1], s1)
         else: un.append([s0, s1])
+    return un
+ks = [(e.time_range.start, e.time_range.end, 'adamw' in e.name) for e in p.events()
+      if e.device_type.name == 'CUDA' and not e.name.startswith(ANNOT)] if dev.type == 'cuda' else []
+# GPU busy time: the union of the kernels' intervals (what is left of the wall time is idle GPU)
+busy = sum(s1 - s0 for s0, s1 in union((s0, s1) for s0, s1, _ in ks)) / a.steps / 1e3
+hidden = ''   # with --overlap: how much of the AdamW kernels' time ran beside other kernels
+if ks and a.overlap:
     import bisect
+    un = union((s0, s1) for s0, s1, ad in ks if not ad)   # the other kernels
     starts = [u[0] for u in un]; tot_ad = ov_ad = 0.0
     for s0, s1, ad in ks:
         if not ad: continue
@@ -98,4 +86,4 @@ if a.by_op:   # which op launched each kernel: its name, two enclosing ops and i
         lines.append(f"{us / a.steps / 1e3:8.3f} {n // a.steps:6d}  {kn} | {ch[:140]} | {sh}")
 txt = '\n'.join(lines); print(txt)
 out = os.environ.get('OUT')
-if out: open(os.path.join(out, f'e2e_kernels-{a.preset}{"-compile" if a.compile else ""}{"-graph" if a.graph else ""}{"-overlap" if a.overlap else ""}{"-mainhi" if a.main_hi else ""}.txt'), 'w').write(txt + '\n')
+if out: open(os.path.join(out, f'e2e_kernels-{a.preset}{"-compile" if a.compile else ""}{"-graph" if a.graph else ""}{"-overlap" if a.overlap else ""}.txt'), 'w').write(txt + '\n')
