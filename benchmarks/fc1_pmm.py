@@ -9,6 +9,7 @@ same copy) and splits it in registers — column bit 6 of the wgmma accumulator 
 h = silu(g)·u (× the row's routing weight).
 
     PYTHONPATH=$PWD python3 benchmarks/fc1_pmm.py                # GPU: µs per config against `_fc1`; $OUT/fc1_pmm.json
+    PYTHONPATH=$PWD python3 benchmarks/fc1_pmm.py --ab           # GPU: `_fc1` and the two best configs, interleaved rounds
     TRITON_INTERPRET=1 python3 benchmarks/fc1_pmm.py --cpu-smoke  # CPU: equals `_fc1` (awkward experts)
 """
 import os, sys, json, datetime
@@ -118,4 +119,40 @@ def main():
             res['rows'].append(row); print(row, flush=True)
             if out: json.dump(res, open(os.path.join(out, 'fc1_pmm.json'), 'w'), indent=1)
 
-if __name__ == '__main__': smoke() if '--cpu-smoke' in sys.argv else main()
+def ab(rounds=7):
+    """`_fc1` (autotuned) and fc1-pmm at its two best tiles, timed in turn for `rounds` rounds: a sustained load lowers the
+    clock, so a kernel timed after a long sweep (the autotuned row above) reads slower than one timed first."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import routing, SHAPES
+    from triton.testing import do_bench
+    import statistics
+    res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
+               command='python3 benchmarks/fc1_pmm.py ' + ' '.join(sys.argv[1:]), rows=[])
+    bf, out = torch.bfloat16, os.environ.get('OUT')
+    for sname, (T, k, E, H, I) in SHAPES.items():
+        plan, offs = routing(T, k, E)
+        N = plan.token_idx.numel()
+        a, w1, rw = torch.randn(N, H, device='cuda', dtype=bf), torch.randn(E, H, 2 * I, device='cuda', dtype=bf) * 0.02, torch.rand(N, device='cuda')
+        w1p = w1[:, :, perm(I, 'cuda')].contiguous()
+        h, gu = torch.empty(N, I, device='cuda', dtype=bf), torch.empty(N, 2 * I, device='cuda', dtype=bf)
+        fns = {'_fc1': lambda: reference(a, offs, w1, rw)}
+        for cfg in CFGS[:2]: fns[str(cfg)] = (lambda kern: lambda: launch(kern, a, offs, w1p, h, gu, H, I, rw))(tuned([cfg]))
+        # control: the autotuned `_pmm` (fc2) against a one-config copy of its usual pick — is an autotuned launch slower?
+        w2, y = torch.randn(E, I, H, device='cuda', dtype=bf) * 0.02, torch.empty(N, H, device='cuda', dtype=bf)
+        def fc2(kern):
+            n = X._nprog(y.device)
+            return lambda: kern[(n,)](X._desc(h), X._desc(w2), offs, y, y, E, I, H, y.stride(0), n, MB=X._mb(N), HAS_BIAS=False,
+                                      TW=False, EP2=triton.next_power_of_2(E))
+        fns['fc2 _pmm autotuned'] = fc2(X._pmm)
+        fns['fc2 _pmm 128x256x64x8x3'] = fc2(X._tuned(X._pmm_kernel, X._cfgs((128, 256, 64, 8, 3)), ['K', 'NO', 'MB', 'TW']))
+        ts = {n: [] for n in fns}
+        for f in fns.values(): f()
+        for _ in range(rounds):
+            for n, f in fns.items(): ts[n].append(do_bench(f, warmup=5, rep=40, return_mode='median') * 1e3)
+        for n in fns:
+            res['rows'].append(dict(shape=sname, kernel=n, us_median=round(statistics.median(ts[n]), 1), us=[round(t, 1) for t in ts[n]],
+                                    tflops=round(2 * N * H * 2 * I / statistics.median(ts[n]) / 1e6, 1)))
+            print(res['rows'][-1], flush=True)
+        if out: json.dump(res, open(os.path.join(out, 'fc1_pmm_ab.json'), 'w'), indent=1)
+
+if __name__ == '__main__': smoke() if '--cpu-smoke' in sys.argv else ab() if '--ab' in sys.argv else main()
