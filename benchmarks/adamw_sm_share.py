@@ -9,6 +9,8 @@ non-persistent kernels (fc1, attention) take whatever SMs are free. Measured, µ
 with S SMs), and both at once (the update on a high-priority side stream, launched first).
 
     PYTHONPATH=$PWD python3 benchmarks/adamw_sm_share.py                  # GPU; $OUT/adamw_sm_share.json
+    PYTHONPATH=$PWD python3 benchmarks/adamw_sm_share.py --coreside       # GPU: small update programs on every SM, beside
+                                                                          # the GEMM's (no SM left to the update alone)
     TRITON_INTERPRET=1 python3 benchmarks/adamw_sm_share.py --cpu-smoke   # CPU: the persistent update equals the library's
 """
 import os, sys, json, datetime, statistics
@@ -68,6 +70,52 @@ def timed(fn, reps=7):
         e0.record(); fn(); e1.record(); torch.cuda.synchronize()
         ts.append(e0.elapsed_time(e1) * 1e3)
     return statistics.median(ts)
+
+def coreside():
+    """The update as 1 or 2 small programs per SM (4 warps, 72 registers a thread), so they fit beside a GEMM program that
+    leaves registers free (the persistent products: 180 a thread × 256 threads); fc1 (255 × 256) and others may not."""
+    dev, bf = 'cuda', torch.bfloat16
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import routing
+    nsm = torch.cuda.get_device_properties(0).multi_processor_count
+    res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
+               command='python3 benchmarks/adamw_sm_share.py ' + ' '.join(sys.argv[1:]), sms=nsm, update={}, rows=[])
+    out = os.environ.get('OUT')
+    n = 100_663_296
+    st = state(n, dev)
+    gb = 30 * n / 1e9
+    lib_alone = timed(lambda: lib_update(st)); res['update']['library'] = dict(us=round(lib_alone, 1), tb_s=round(gb / lib_alone * 1e3, 2))
+    setups = [(nsm, 4, 1024), (2 * nsm, 4, 1024), (nsm, 8, 2048)]
+    for S, w, b in setups:
+        t = timed(lambda: p_update(st, S, w, b)); res['update'][f'S{S}-w{w}-b{b}'] = dict(us=round(t, 1), tb_s=round(gb / t * 1e3, 2))
+    print(res['update'], flush=True)
+    T, k, E, H, I = 16384, 8, 64, 1024, 512
+    plan, offs = routing(T, k, E)
+    N = plan.token_idx.numel()
+    xa, hh = torch.randn(N, H, device=dev, dtype=bf), torch.randn(N, I, device=dev, dtype=bf)
+    w1, w2 = torch.randn(E, H, 2 * I, device=dev, dtype=bf) * 0.02, torch.randn(E, I, H, device=dev, dtype=bf) * 0.02
+    y, h, gu = torch.empty(N, H, device=dev, dtype=bf), torch.empty(N, I, device=dev, dtype=bf), torch.empty(N, 2 * I, device=dev, dtype=bf)
+    xd, wd = torch.randn(T, H, device=dev, dtype=bf), torch.randn(H, 3 * H, device=dev, dtype=bf) * 0.02
+    q = torch.randn(8, 16, 2048, 64, device=dev, dtype=bf); kv = torch.randn(8, 16, 2048, 64, device=dev, dtype=bf)
+    gemms = {'fc2': (lambda: X._launch(X._mm, hh, None, offs, w2, None, y, None, I, H, I, w2.stride(2), w2.stride(1), 0), 12),
+             'fc1': (lambda: X._launch(X._fc1, xa, None, offs, w1, None, h, gu, H, I, I, w1.stride(2), w1.stride(1), 1), 6),
+             'dense-mm': (lambda: torch.mm(xd, wd), 40),
+             'attention': (lambda: torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True), 16)}
+    side = torch.cuda.Stream(priority=-1)
+    for name, (g, reps) in gemms.items():
+        g(); torch.cuda.synchronize()
+        full = timed(lambda: [g() for _ in range(reps)])
+        for S, w, b in setups:
+            def both():
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side): p_update(st, S, w, b)
+                for _ in range(reps): g()
+                torch.cuda.current_stream().wait_stream(side)
+            t = timed(both)
+            row = dict(gemm=name, reps=reps, S=S, warps=w, block=b, gemm_us=round(full, 1), update_us=res['update'][f'S{S}-w{w}-b{b}']['us'],
+                       both_us=round(t, 1), serial_us=round(full + lib_alone, 1), saved_us=round(full + lib_alone - t, 1))
+            res['rows'].append(row); print(row, flush=True)
+        if out: json.dump(res, open(os.path.join(out, 'adamw_coreside.json'), 'w'), indent=1)
 
 def main():
     dev, bf = 'cuda', torch.bfloat16
@@ -131,4 +179,4 @@ def main():
             res['rows'].append(row); print(row, flush=True)
         save()
 
-if __name__ == '__main__': smoke() if '--cpu-smoke' in sys.argv else main()
+if __name__ == '__main__': smoke() if '--cpu-smoke' in sys.argv else coreside() if '--coreside' in sys.argv else main()
