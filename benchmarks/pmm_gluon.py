@@ -67,14 +67,14 @@ def _producer(a_desc, w_desc, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs,
 
 @gluon.jit
 def _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, WHO:gl.constexpr, TW:gl.constexpr,
-              BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+              BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NC:gl.constexpr):
     "One warpgroup: tiles WHO, WHO + 2, … of this program's sequence — multiply from the slots, then store."
     acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
     n_n = gl.cdiv(NO, BN)
     total = gl.load(table) * n_n
     nk = gl.cdiv(K, BK)
     i = WHO
-    for t in range(gl.program_id(0) + WHO * NPROG, total, 2 * NPROG):
+    for t in range(gl.program_id(0) + WHO * NPROG, total if WHO < NC else 0, NC * NPROG):
         pm, pn = t // n_n, t % n_n
         row0 = gl.load(table + 1 + 3 * pm)
         rend = gl.load(table + 2 + 3 * pm)
@@ -101,27 +101,27 @@ def _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_
             rn = pn * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
             gl.store(c_ptr + rm.to(gl.int64)[:, None] * sc_m + rn[None, :], out,
                      mask=(rm < rend)[:, None] & (rn < NO)[None, :])
-        i += 2
+        i += NC
     tma.store_wait(0)
 
 @gluon.jit
 def _consumer0(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, TW:gl.constexpr,
-               BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
-    _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem.index(0), 0, TW, BM, BN, BK, S)
+               BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NC:gl.constexpr):
+    _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem.index(0), 0, TW, BM, BN, BK, S, NC)
 
 @gluon.jit
 def _consumer1(a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, TW:gl.constexpr,
-               BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
-    _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem.index(1), 1, TW, BM, BN, BK, S)
+               BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NC:gl.constexpr):
+    _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem.index(1), 1, TW, BM, BN, BK, S, NC)
 
 @gluon.jit
 def _producer_w(a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, TW:gl.constexpr,
-                BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+                BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NC:gl.constexpr):
     _producer(a_desc, w_desc, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW, BM, BN, BK, S)
 
 @gluon.jit
 def _pmm_ws_kernel(a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr,
-                   BK:gl.constexpr, S:gl.constexpr):
+                   BK:gl.constexpr, S:gl.constexpr, NC:gl.constexpr):
     "c[rows of e] = a[rows of e] @ w[e] (w[e]ᵀ with TW) for every row tile of the table: producer warp + two consumer warpgroups."
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [S, BM, BK], a_desc.layout)
     b_bufs = gl.allocate_shared_memory(w_desc.dtype, [S] + w_desc.block_type.shape, w_desc.layout)
@@ -131,11 +131,11 @@ def _pmm_ws_kernel(a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, TW:
     for s in gl.static_range(S):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=1)
-    gl.warp_specialize([(_consumer0, (c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, TW, BM, BN, BK, S)),
+    gl.warp_specialize([(_consumer0, (c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, TW, BM, BN, BK, S, NC)),
                         (_consumer1, (a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem,
-                                      TW, BM, BN, BK, S)),
+                                      TW, BM, BN, BK, S, NC)),
                         (_producer_w, (a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem,
-                                       TW, BM, BN, BK, S))], [4, 1], [232, 40])
+                                       TW, BM, BN, BK, S, NC))], [4, 1], [232, 40])
 
 def layouts(BM, BN, BK, tw):
     return (gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16),
@@ -150,7 +150,7 @@ def table_for(offs, N, BM):
     _tile_table_kernel[(1,)](offs, table, E, maxt, BM=BM, EP2=triton.next_power_of_2(E), TB=128)
     return table
 
-def launch(a, offs, w, c, K, NO, tw, cfg, table=None):
+def launch(a, offs, w, c, K, NO, tw, cfg, table=None, nc=2):
     "c[rows of e] = a[rows of e] @ w[e] (w (E, K, NO)), or @ w[e]ᵀ with tw (w (E, NO, K))."
     BM, BN, BK, S = cfg
     la, lw, lc = layouts(BM, BN, BK, tw)
@@ -160,7 +160,7 @@ def launch(a, offs, w, c, K, NO, tw, cfg, table=None):
     c_desc = TensorDescriptor.from_tensor(c, [BM, BN], lc)
     if table is None: table = table_for(offs, a.shape[0], BM)
     n = X._nprog(c.device)
-    _pmm_ws_kernel[(n,)](a_desc, w_desc, c_desc, c, table, K, NO, c.stride(0), n, TW=tw, BM=BM, BN=BN, BK=BK, S=S,
+    _pmm_ws_kernel[(n,)](a_desc, w_desc, c_desc, c, table, K, NO, c.stride(0), n, TW=tw, BM=BM, BN=BN, BK=BK, S=S, NC=nc,
                          num_warps=4, maxnreg=168)
     return c
 
@@ -179,9 +179,9 @@ def compile_only():
             d = lambda shape, l: f'tensordesc<bf16[{shape[0]},{shape[1]}],{l!r}>'
             sig = dict(a_desc=d([BM, BK], la), w_desc=d([BN, BK] if tw else [BK, BN], lw), c_desc=d([BM, BN], lc), c_ptr='*bf16',
                        table='*i32', K='i32', NO='i32', sc_m='i32', NPROG='i32', TW='constexpr', BM='constexpr', BN='constexpr',
-                       BK='constexpr', S='constexpr')
+                       BK='constexpr', S='constexpr', NC='constexpr')
             try:
-                ck = triton.compile(GluonASTSource(_pmm_ws_kernel, sig, dict(TW=tw, BM=BM, BN=BN, BK=BK, S=S)),
+                ck = triton.compile(GluonASTSource(_pmm_ws_kernel, sig, dict(TW=tw, BM=BM, BN=BN, BK=BK, S=S, NC=2)),
                                     target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=168))
                 open('/tmp/pmm_ws.ptx', 'w').write(ck.asm['ptx'])
                 o = subprocess.run([ptxas, '-arch=sm_90a', '-v', '/tmp/pmm_ws.ptx', '-o', '/tmp/pmm_ws.cubin'], capture_output=True, text=True).stderr
@@ -229,4 +229,41 @@ def main(rounds=5):
                 print(res['rows'][-1], flush=True)
             save()
 
-if __name__ == '__main__': compile_only() if '--compile-only' in sys.argv else main()
+def case(name):
+    "One debugging case (run in its own process by `--debug`: a failed launch poisons the CUDA context)."
+    torch.manual_seed(0)
+    rows = [0, 1, 200, 130, 33]
+    offs = torch.tensor([0] + list(torch.tensor(rows).cumsum(0)), dtype=torch.int32, device='cuda')
+    N, K, NO, E = sum(rows), 128, 128, len(rows)
+    if name == 'table':
+        t = table_for(offs, N, 128).tolist()
+        print('table', t[0], [t[1 + 3 * j: 4 + 3 * j] for j in range(t[0])])
+        return
+    nc, tw = int(name[-1]), 'tw' in name
+    if name.startswith('small'):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from experts_sweep import routing
+        plan, offs = routing(16384, 8, 64); N, K, NO, E = plan.token_idx.numel(), 512, 1024, 64
+    a = torch.randn(N, K, device='cuda', dtype=torch.bfloat16)
+    w = torch.randn(E, NO, K, device='cuda', dtype=torch.bfloat16) if tw else torch.randn(E, K, NO, device='cuda', dtype=torch.bfloat16)
+    c = torch.full((N, NO), float('nan'), device='cuda', dtype=torch.bfloat16)
+    launch(a, offs, w, c, K, NO, tw, (128, 128, 64, 4), nc=nc); torch.cuda.synchronize()
+    o = offs.tolist()
+    ref = torch.cat([a[o[e]:o[e + 1]].float() @ (w[e].float().T if tw else w[e].float()) for e in range(E)])
+    print(name, 'rel err', ((c.float() - ref).norm() / ref.norm()).item(), 'nan', c.isnan().sum().item())
+
+def debug():
+    import subprocess, shutil
+    print('compute-sanitizer:', shutil.which('compute-sanitizer'), flush=True)
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING='1')
+    for name in ('table', 'tiny-notw-nc1', 'tiny-notw-nc2', 'tiny-tw-nc1', 'tiny-tw-nc2', 'small-notw-nc2'):
+        try:
+            r = subprocess.run([sys.executable, os.path.abspath(__file__), '--case', name], capture_output=True, text=True, timeout=90, env=env)
+            print(f'== {name}: rc {r.returncode}', r.stdout[-1500:], r.stderr[-1200:], flush=True)
+        except subprocess.TimeoutExpired: print(f'== {name}: TIMEOUT (a hang: barriers)', flush=True)
+
+if __name__ == '__main__':
+    if '--compile-only' in sys.argv: compile_only()
+    elif '--case' in sys.argv: case(sys.argv[sys.argv.index('--case') + 1])
+    elif '--debug' in sys.argv: debug()
+    else: main()
