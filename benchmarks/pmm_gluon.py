@@ -66,7 +66,7 @@ def _producer(a_desc, w_desc, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs,
             c += 1
 
 @gluon.jit
-def _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, WHO:gl.constexpr, TW:gl.constexpr,
+def _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_smem, WHO:gl.constexpr, TW:gl.constexpr,
               BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NC:gl.constexpr):
     "One warpgroup: tiles WHO, WHO + 2, … of this program's sequence — multiply from the slots, then store."
     acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
@@ -74,10 +74,16 @@ def _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_
     total = gl.load(table) * n_n
     nk = gl.cdiv(K, BK)
     i = WHO
+    m = 0   # this consumer's tile count
     for t in range(gl.program_id(0) + WHO * NPROG, total if WHO < NC else 0, NC * NPROG):
         pm, pn = t // n_n, t % n_n
         row0 = gl.load(table + 1 + 3 * pm)
         rend = gl.load(table + 2 + 3 * pm)
+        # the two consumers' main loops take turns (tile i after tile i − 1's): a slot's barrier is then never two
+        # phases behind its waiter (its parity alone could not tell), and one multiplies while the other stores
+        if NC == 2:
+            if WHO == 1: mbarrier.wait(done.index(0), m & 1)
+            else: mbarrier.wait(done.index(1), (m - 1) & 1, pred=m > 0)
         acc = gl.zeros([BM, BN], gl.float32, acc_l)
         c = i * nk
         for k in range(nk):
@@ -90,6 +96,7 @@ def _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_
             c += 1
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(empty.index((c + S - 1) % S))
+        if NC == 2: mbarrier.arrive(done.index(WHO))
         out = acc.to(c_ptr.dtype.element_ty)
         if row0 + BM <= rend:   # a whole tile of this expert: TMA store (the last one must have left the buffer)
             tma.store_wait(0)
@@ -102,20 +109,21 @@ def _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_
             gl.store(c_ptr + rm.to(gl.int64)[:, None] * sc_m + rn[None, :], out,
                      mask=(rm < rend)[:, None] & (rn < NO)[None, :])
         i += NC
+        m += 1
     tma.store_wait(0)
 
 @gluon.jit
-def _consumer0(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, TW:gl.constexpr,
+def _consumer0(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_smem, TW:gl.constexpr,
                BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NC:gl.constexpr):
-    _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem.index(0), 0, TW, BM, BN, BK, S, NC)
+    _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_smem.index(0), 0, TW, BM, BN, BK, S, NC)
 
 @gluon.jit
-def _consumer1(a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, TW:gl.constexpr,
+def _consumer1(a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_smem, TW:gl.constexpr,
                BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NC:gl.constexpr):
-    _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem.index(1), 1, TW, BM, BN, BK, S, NC)
+    _consumer(c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_smem.index(1), 1, TW, BM, BN, BK, S, NC)
 
 @gluon.jit
-def _producer_w(a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, TW:gl.constexpr,
+def _producer_w(a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_smem, TW:gl.constexpr,
                 BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NC:gl.constexpr):
     _producer(a_desc, w_desc, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW, BM, BN, BK, S)
 
@@ -128,13 +136,15 @@ def _pmm_ws_kernel(a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, TW:
     c_smem = gl.allocate_shared_memory(c_desc.dtype, [2, BM, BN], c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
+    done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())   # a consumer's main loop finished
     for s in gl.static_range(S):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=1)
-    gl.warp_specialize([(_consumer0, (c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem, TW, BM, BN, BK, S, NC)),
-                        (_consumer1, (a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem,
+    for s in gl.static_range(2): mbarrier.init(done.index(s), count=1)
+    gl.warp_specialize([(_consumer0, (c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_smem, TW, BM, BN, BK, S, NC)),
+                        (_consumer1, (a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_smem,
                                       TW, BM, BN, BK, S, NC)),
-                        (_producer_w, (a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_smem,
+                        (_producer_w, (a_desc, w_desc, c_desc, c_ptr, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_smem,
                                        TW, BM, BN, BK, S, NC))], [4, 1], [232, 40])
 
 def layouts(BM, BN, BK, tw):
@@ -164,7 +174,7 @@ def launch(a, offs, w, c, K, NO, tw, cfg, table=None, nc=2):
                          num_warps=4, maxnreg=168)
     return c
 
-CFGS = ((128, 128, 64, 5), (128, 128, 64, 4), (128, 128, 64, 6), (64, 256, 64, 4))
+CFGS = ((128, 128, 64, 5), (128, 128, 64, 4), (128, 128, 32, 8), (64, 256, 64, 4))
 
 def compile_only():
     "Compile every config for sm90 on this machine: shared memory and registers per partition (ptxas -v)."
@@ -189,7 +199,7 @@ def compile_only():
                       'spill', re.findall(r'(\d+) bytes spill stores', o), 'setmaxnreg', sorted(set(re.findall(r'setmaxnreg\.\w+\.sync\.aligned\.u32 (\d+)', ck.asm['ptx']))), flush=True)
             except Exception as ex: print(cfg, 'tw', tw, 'FAILED', str(ex)[-1500:], flush=True)
 
-def main(rounds=5):
+def main(rounds=4):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from experts_sweep import routing, SHAPES
     from triton.testing import do_bench
@@ -210,15 +220,17 @@ def main(rounds=5):
                             w.stride(1) if not tw else w.stride(2), 0).float()
             fns = {'_pmm': lambda: X._launch(X._mm, a, None, offs, w, None, c, None, K, NO, I, w.stride(2) if not tw else w.stride(1),
                                              w.stride(1) if not tw else w.stride(2), 0)}
-            for cfg in CFGS:
+            for cfg, nc in [(c_, 2) for c_ in CFGS] + [(CFGS[0], 1)]:
                 try:
                     table = table_for(offs, N, cfg[0])
-                    c.fill_(float('nan')); launch(a, offs, w, c, K, NO, tw, cfg, table); torch.cuda.synchronize()
+                    c.fill_(float('nan')); launch(a, offs, w, c, K, NO, tw, cfg, table, nc); torch.cuda.synchronize()
                     err = ((c.float() - ref).norm() / ref.norm()).item()
-                    res['rows'].append(dict(shape=sname, gemm=what, cfg=cfg, rel_err=err, nan=bool(c.isnan().any()))); print(res['rows'][-1], flush=True)
-                    if err < 1e-2: fns[str(cfg)] = (lambda cfg, table: lambda: launch(a, offs, w, c, K, NO, tw, cfg, table))(cfg, table)
+                    res['rows'].append(dict(shape=sname, gemm=what, cfg=cfg, consumers=nc, rel_err=err, nan=bool(c.isnan().any())))
+                    print(res['rows'][-1], flush=True)
+                    if err < 1e-2: fns[f'{cfg} consumers={nc}'] = (lambda cfg, table, nc: lambda: launch(a, offs, w, c, K, NO, tw, cfg, table, nc))(cfg, table, nc)
                 except Exception as ex:
-                    res['rows'].append(dict(shape=sname, gemm=what, cfg=cfg, error=repr(ex)[:400])); print(res['rows'][-1], flush=True)
+                    res['rows'].append(dict(shape=sname, gemm=what, cfg=cfg, consumers=nc, error=repr(ex)[:400])); print(res['rows'][-1], flush=True)
+                    raise
                 save()
             ts = {n: [] for n in fns}
             for _ in range(rounds):
