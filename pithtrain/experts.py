@@ -268,6 +268,136 @@ def _pmm_kernel(a_d, w_d, offs, bias, c, E, K, NO, sc_m, NPROG, MB, HAS_BIAS:tl.
         tl.store(c + rm.to(tl.int64)[:, None] * sc_m + rn[None, :], acc.to(c.dtype.element_ty),
                  mask=(rm < rend)[:, None] & (rn < NO)[None, :])
 
+# %% ../nbs/03_experts.ipynb #a2dc6543
+try:   # Gluon: explicit partitions, mbarriers and warpgroup MMAs (Triton ≥ 3.5)
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+    from triton.experimental.gluon.language.nvidia.hopper import tma, mbarrier, fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+    _GLUON = True
+except ImportError: _GLUON = False
+
+@triton.jit
+def _tile_table_kernel(offs, table, E, MAXT, BM:tl.constexpr, EP2:tl.constexpr, TB:tl.constexpr):
+    "table[0] = number of row tiles; table[1 + 3j : 4 + 3j] = (first row, end of its expert's rows, expert) of row tile j."
+    e_, lo, hi, tiles, ends = _expert_rows(offs, E, BM, EP2)
+    total = tl.sum(tiles, 0)
+    tl.store(table, total)
+    for j0 in range(0, MAXT, TB):
+        j = j0 + tl.arange(0, TB)
+        here = (ends[None, :] - tiles[None, :] <= j[:, None]) & (j[:, None] < ends[None, :])   # (TB, EP2): tile j is e's
+        first = tl.sum(tl.where(here, (ends - tiles)[None, :], 0), 1)
+        ok = j < total
+        tl.store(table + 1 + 3 * j, tl.sum(tl.where(here, lo[None, :], 0), 1) + (j - first) * BM, mask=ok)
+        tl.store(table + 2 + 3 * j, tl.sum(tl.where(here, hi[None, :], 0), 1), mask=ok)
+        tl.store(table + 3 + 3 * j, tl.sum(tl.where(here, e_[None, :], 0), 1), mask=ok)
+
+def _tile_table(offs:torch.Tensor, # (E+1,) int32 row offsets of the experts
+                N:int,             # rows of the plan
+                BM:int=128         # rows per tile
+               )->torch.Tensor:    # (1 + 3·(⌈N/BM⌉ + E),) int32
+    "The row tiles of a plan as a table (one program, no host sync): count, then (first row, end row, expert) each."
+    E = offs.numel() - 1
+    maxt = triton.cdiv(N, BM) + E
+    table = torch.empty(1 + 3 * maxt, device=offs.device, dtype=torch.int32)
+    _tile_table_kernel[(1,)](offs, table, E, maxt, BM=BM, EP2=triton.next_power_of_2(E), TB=128)
+    return table
+
+# %% ../nbs/03_experts.ipynb #7245afa5
+if _GLUON:
+    @gluon.jit
+    def _ws_producer(a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW:gl.constexpr, BM:gl.constexpr,
+                     BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+        "One warp: the TMA loads of every k-step of every tile of this program, in order, into the slot ring."
+        n_n = gl.cdiv(NO, BN)
+        nk = gl.cdiv(K, BK)
+        c = 0
+        for t in range(gl.program_id(0), gl.load(table) * n_n, NPROG):
+            pm, pn = t // n_n, t % n_n
+            row0, e = gl.load(table + 1 + 3 * pm), gl.load(table + 3 + 3 * pm)
+            for k in range(nk):
+                s = c % S
+                mbarrier.wait(empty.index(s), ((c // S) & 1) ^ 1)   # a fresh barrier reads as released
+                mbarrier.expect(ready.index(s), a_d.block_type.nbytes + w_d.block_type.nbytes)
+                tma.async_copy_global_to_shared(a_d, [row0, k * BK], ready.index(s), a_bufs.index(s))
+                if TW: tma.async_copy_global_to_shared(w_d, [e * NO + pn * BN, k * BK], ready.index(s), b_bufs.index(s))
+                else: tma.async_copy_global_to_shared(w_d, [e * K + k * BK, pn * BN], ready.index(s), b_bufs.index(s))
+                c += 1
+
+    @gluon.jit
+    def _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_buf, WHO:gl.constexpr,
+                     TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+        "One warpgroup: tiles WHO, WHO + 2, … of this program's sequence; main loops in turn with the other consumer."
+        acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
+        n_n = gl.cdiv(NO, BN)
+        nk = gl.cdiv(K, BK)
+        m = 0   # this consumer's tiles so far
+        for t in range(gl.program_id(0) + WHO * NPROG, gl.load(table) * n_n, 2 * NPROG):
+            pm, pn = t // n_n, t % n_n
+            row0, rend = gl.load(table + 1 + 3 * pm), gl.load(table + 2 + 3 * pm)
+            if WHO == 1: mbarrier.wait(done.index(0), m & 1)   # consumer 0's main loop of the tile before
+            else: mbarrier.wait(done.index(1), (m - 1) & 1, pred=m > 0)
+            acc = gl.zeros([BM, BN], gl.float32, acc_l)
+            cnt = (2 * m + WHO) * nk   # ring position of this tile's first k-step
+            for k in range(nk):
+                s = cnt % S
+                mbarrier.wait(ready.index(s), (cnt // S) & 1)
+                b = b_bufs.index(s).permute((1, 0)) if TW else b_bufs.index(s)
+                acc = warpgroup_mma(a_bufs.index(s), b, acc, use_acc=k > 0, is_async=True)
+                acc = warpgroup_mma_wait(1, deps=(acc,))   # the previous k-step's product is done: free its slot
+                mbarrier.arrive(empty.index((cnt + S - 1) % S), pred=k > 0)
+                cnt += 1
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(empty.index((cnt + S - 1) % S))
+            mbarrier.arrive(done.index(WHO))   # the other consumer may multiply now
+            out = acc.to(c.dtype.element_ty)
+            if row0 + BM <= rend:   # a whole tile of this expert's rows: TMA store (the buffer's last one must be out)
+                tma.store_wait(0)
+                c_buf.store(out)
+                fence_async_shared()
+                tma.async_copy_shared_to_global(c_d, [row0, pn * BN], c_buf)
+            else:
+                rm = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, acc_l))
+                rn = pn * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
+                gl.store(c + rm.to(gl.int64)[:, None] * sc_m + rn[None, :], out, mask=(rm < rend)[:, None] & (rn < NO)[None, :])
+            m += 1
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _ws_first(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, TW:gl.constexpr,
+                  BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+        _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs.index(0), 0, TW, BM, BN, BK, S)
+
+    @gluon.jit
+    def _ws_second(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, TW:gl.constexpr,
+                   BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+        _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs.index(1), 1, TW, BM, BN, BK, S)
+
+    @gluon.jit
+    def _ws_loads(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, TW:gl.constexpr,
+                  BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+        _ws_producer(a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW, BM, BN, BK, S)
+
+    @gluon.jit
+    def _pmm_ws_kernel(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr,
+                       BK:gl.constexpr, S:gl.constexpr):
+        "c[rows of e] = a[rows of e] @ w[e] (w[e]ᵀ with TW) over the table's row tiles: a loading warp, two consumer warpgroups."
+        a_bufs = gl.allocate_shared_memory(a_d.dtype, [S, BM, BK], a_d.layout)
+        b_bufs = gl.allocate_shared_memory(w_d.dtype, [S] + w_d.block_type.shape, w_d.layout)
+        c_bufs = gl.allocate_shared_memory(c_d.dtype, [2, BM, BN], c_d.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
+        done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(S):
+            mbarrier.init(ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=1)
+        for s in gl.static_range(2): mbarrier.init(done.index(s), count=1)
+        gl.warp_specialize([(_ws_first, (c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, TW, BM, BN, BK, S)),
+                            (_ws_second, (a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs,
+                                          TW, BM, BN, BK, S)),
+                            (_ws_loads, (a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs,
+                                         TW, BM, BN, BK, S))], [4, 1], [232, 40])
+
 # %% ../nbs/03_experts.ipynb #8205774a
 @triton.jit
 def _wgrad_kernel(a, tok, b, offs, dw, db, sq, a_d, b_d, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
@@ -348,6 +478,8 @@ _TMA = os.environ.get('PITHTRAIN_TMA', '1') == '1'   # tensor-descriptor loads w
 _DH_SPLIT = os.environ.get('PITHTRAIN_DH_SPLIT', '1') == '1'   # with TMA: SwiGLU backward as its own pass after a plain GEMM
 _PERSIST = os.environ.get('PITHTRAIN_PERSISTENT', '1') == '1'   # with TMA: plain products by the persistent kernel
 _TMA_STORE = os.environ.get('PITHTRAIN_TMA_STORE', '1') == '1'   # with TMA: fc1's whole output tiles stored through descriptors
+_WS = os.environ.get('PITHTRAIN_WS', '1') == '1'   # on Hopper: plain products by the warp-specialised Gluon kernel
+_WS_CFG = (128, 128, 64, 5)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
 
 def _tma_hook(nargs):
     "Autotune pre-hook: give the tensor descriptors (when the launch has them) this configuration's tile shapes."
@@ -411,13 +543,36 @@ def _nprog(dev:torch.device)->int:
     "Programs of a persistent launch: the device's SM count; 4 in the interpreter."
     return _props(dev).multi_processor_count if dev.type == 'cuda' else 4
 
-def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0, rw=None):
-    "Launch one grouped GEMM over all experts: c[rows] = a[rows] @ (w[e] with strides (swk, swn)); rw: (N,) row weights (act 1)."
+_GL_DT = {torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
+
+def _ws_ok(a, w, c, bias)->bool:
+    "Can this plain product take the warp-specialised Gluon kernel: Gluon, compute capability 9.x, 16-bit operands, no bias."
+    return (_GLUON and _WS and bias is None and c.is_cuda and _props(c.device).major == 9 and a.dtype in _GL_DT
+            and a.dtype == w.dtype == c.dtype and _tma_ok(c))
+
+def _pmm_ws(a, offs, w, c, K, NO, tw, table=None):
+    "c[rows of e] = a[rows of e] @ w[e] (w (E, K, NO)), or @ w[e]ᵀ with tw (w (E, NO, K)), by `_pmm_ws_kernel`."
+    BM, BN, BK, S = _WS_CFG
+    dt = getattr(gl, _GL_DT[a.dtype])
+    desc = lambda t, shape: GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
+    n = _nprog(c.device)
+    # 4 + 4 + 1 warps, allocated by whole warpgroups: 12 × 32 threads × 168 registers fill the register file; the
+    # consumers then raise theirs to 232 and the loading warp drops to 40 (`setmaxnreg`)
+    _pmm_ws_kernel[(n,)](desc(a, [BM, BK]), desc(w.view(-1, w.shape[-1]), [BN, BK] if tw else [BK, BN]), desc(c, [BM, BN]), c,
+                         table if table is not None else _tile_table(offs, c.shape[0], BM), K, NO, c.stride(0), n,
+                         TW=tw, BM=BM, BN=BN, BK=BK, S=S, num_warps=4, maxnreg=168)
+    return c
+
+def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0, rw=None,
+            table=None):
+    "Launch one grouped GEMM over all experts: c[rows] = a[rows] @ (w[e] with strides (swk, swn)); rw: (N,) row weights (act 1);"
+    " table: the plan's `_tile_table` for the Gluon kernel (made here when needed and not given)."
     N, E = c.shape[0], w.shape[0]
     if N == 0: return c
     tw = swn != 1   # B = w[e]ᵀ: K is w's inner axis
     tma = tok is None and not (act == 1 and inter) and _tma_ok(a, w) and (swk if tw else swn) == 1
     if act == 0 and tma and _PERSIST and c.is_contiguous() and (tw or K % _PMM_BK == 0):   # the persistent form
+        if _ws_ok(a, w, c, bias): return _pmm_ws(a, offs, w, c, K, NO, tw, table)
         n = _nprog(c.device)
         _pmm[(n,)](_desc(a), _desc(w), offs, bias if bias is not None else c, c, E, K, NO, c.stride(0), n,
                    MB=_mb(N), HAS_BIAS=bias is not None, TW=tw, EP2=triton.next_power_of_2(E))
@@ -455,7 +610,7 @@ def _act_bwd_kernel(dh, gu, dgu, rw, drw, N, I, alpha, limit, OAI:tl.constexpr, 
         tl.store(dgu + cu, du.to(dgu.dtype.element_ty), mask=m)
     if DW: tl.store(drw + r, acc, mask=rm)
 
-def _dgu(dy, offs, w2c, gu, oai, inter, alpha, limit, rw=None, need_drw=False)->tuple:
+def _dgu(dy, offs, w2c, gu, oai, inter, alpha, limit, rw=None, need_drw=False, table=None)->tuple:
     "(dgu, drw): dgu = act'(gu) ⊙ (rw ·) (dy @ w2[e]ᵀ), drw = rowwise Σ (dy @ w2[e]ᵀ)·act(gu) when asked (else None)."
     N, I2 = gu.shape
     E, I, H = w2c.shape
@@ -463,7 +618,7 @@ def _dgu(dy, offs, w2c, gu, oai, inter, alpha, limit, rw=None, need_drw=False)->
     if rw is None and not (_DH_SPLIT and N > 0 and _tma_ok(dy, w2c)):   # one kernel, the activation backward in its epilogue
         return _launch(_dh, dy, None, offs, w2c, None, dgu, gu, H, I, I, w2c.stride(1), w2c.stride(2), 2, oai, inter, alpha, limit), None
     dh = _launch(_mm, dy, None, offs, w2c, None, torch.empty(N, I, device=dy.device, dtype=gu.dtype), None, H, I, I,
-                 w2c.stride(1), w2c.stride(2), 0)
+                 w2c.stride(1), w2c.stride(2), 0, table=table)
     drw = torch.empty(N, device=dy.device, dtype=torch.float32) if need_drw else None
     BI, BR = min(triton.next_power_of_2(max(I, 1)), 256), 8   # `benchmarks/act_bwd_tiles.py`: 8 × 256, 4 warps, at both shapes
     if N: _act_bwd_kernel[(triton.cdiv(N, BR),)](dh, gu, dgu, rw if rw is not None else dh, drw if need_drw else dh, N, I,
@@ -502,9 +657,10 @@ class _ExpertFFN(torch.autograd.Function):
         pre = N > 0 and not inter and _tma_ok(xc, w1c)   # gather once: fc1 and dW1 then read plain rows by TMA
         xa, tok = (_gather_fwd(xc, token_idx, None), None) if pre else (xc, token_idx)
         _launch(_fc1, xa, tok, offsets, w1c, b1c, h, gu, H, I, I, w1c.stride(2), w1c.stride(1), 1, oai, inter, alpha, limit, rw)
+        table = _tile_table(offsets, N) if N and _ws_ok(xc, w2c, xc, None) else None   # the Gluon products' row tiles
         y = _launch(_mm, h, None, offsets, w2c, b2c, torch.empty(N, H, device=x.device, dtype=dt), None, I, H, I,
-                    w2c.stride(2), w2c.stride(1), 0)
-        ctx.save_for_backward(xa, token_idx, offsets, inv, w1c, w2c, gu, h, rw)
+                    w2c.stride(2), w2c.stride(1), 0, table=table)
+        ctx.save_for_backward(xa, token_idx, offsets, inv, w1c, w2c, gu, h, rw, table)
         ctx.params = (w1, w2)   # for the gradient-norm notes (`core.note_sq_norm`)
         ctx.meta = (x.shape[0], pre, x.dtype, w1.dtype, w2.dtype, b1 is not None, b2 is not None,
                     b1.dtype if b1 is not None else None, b2.dtype if b2 is not None else None, oai, inter, alpha, limit,
@@ -513,19 +669,19 @@ class _ExpertFFN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        xa, token_idx, offsets, inv, w1c, w2c, gu, h, rw = ctx.saved_tensors
+        xa, token_idx, offsets, inv, w1c, w2c, gu, h, rw, table = ctx.saved_tensors
         T, pre, xdt, w1dt, w2dt, hb1, hb2, b1dt, b2dt, oai, inter, alpha, limit, wdt = ctx.meta
         E, H, I2 = w1c.shape
         I, N, dev = I2 // 2, gu.shape[0], dy.device
         dy = dy.to(xa.dtype).contiguous()
         need = ctx.needs_input_grad
-        dgu, drw = _dgu(dy, offsets, w2c, gu, oai, inter, alpha, limit, rw, rw is not None and need[13])
+        dgu, drw = _dgu(dy, offsets, w2c, gu, oai, inter, alpha, limit, rw, rw is not None and need[13], table)
         dx = dw1 = dw2 = db1 = db2 = dwts = None
         if drw is not None:   # d weights[t, j] = drw at the pair's row
             dwts = torch.where(inv >= 0, drw[inv.clamp_min(0)], 0).view(wdt[1]).to(wdt[0])
         if need[0]:  # first, so its (N, H) rows are freed before the weight gradients are allocated
             dxr = _launch(_mm, dgu, None, offsets, w1c, None, torch.empty(N, H, device=dev, dtype=xa.dtype), None, I2, H, I,
-                          w1c.stride(1), w1c.stride(2), 0)
+                          w1c.stride(1), w1c.stride(2), 0, table=table)
             dx = _token_sum(dxr, inv, T, xdt)
             del dxr
         if need[5] or need[7]:

@@ -157,3 +157,57 @@ def test_every_config_both_load_paths(tma, monkeypatch):
             errs = [_rel(a, b) for a, b in zip((y, *grads), (r, *rg))]
             assert max(errs) <= 1e-2, (name, shape, errs)
         monkeypatch.setattr(X, name, tuned)
+
+def _hopper_gluon():
+    from pithtrain import experts as X
+    return torch.cuda.is_available() and X._GLUON and torch.cuda.get_device_capability()[0] == 9
+
+def _grouped(sizes, K, NO, tw, seed):
+    "Offsets, rows a (N, K) and weights (E, K, NO) — or (E, NO, K) read transposed — in bf16, and the fp32 reference."
+    g = torch.Generator(device='cuda').manual_seed(seed)
+    offs = torch.tensor([0] + sizes, device='cuda').cumsum(0).to(torch.int32)
+    N, E = sum(sizes), len(sizes)
+    a = torch.randn(N, K, device='cuda', generator=g).bfloat16()
+    w = (torch.randn(E, NO, K, device='cuda', generator=g) if tw else torch.randn(E, K, NO, device='cuda', generator=g)) / K**0.5
+    w = w.bfloat16()
+    o = offs.tolist()
+    ref = torch.cat([a[o[e]:o[e + 1]].float() @ (w[e].float().T if tw else w[e].float()) for e in range(E)])
+    return offs, a, w, ref
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper_gluon(), reason='the warp-specialised products need Gluon and a Hopper GPU')
+@pytest.mark.parametrize('tw,K,NO', [(False, 512, 1024), (True, 512, 1024), (False, 192, 136), (True, 192, 136),
+                                     (True, 200, 96), (False, 1024, 96), (True, 1024, 2048)])
+def test_ws_products_against_reference_and_pmm(tw, K, NO, monkeypatch):
+    "The Gluon kernel: experts of 0, 1, 127, 128, 129, 300 and 1000 rows, partial column tiles; rows past the last expert untouched."
+    from pithtrain import experts as X
+    sizes = [0, 1, 127, 128, 129, 300, 0, 1000, 5]
+    offs, a, w, ref = _grouped(sizes, K, NO, tw, seed=K + NO + tw)
+    N = a.shape[0]
+    full = torch.full((N + 64, NO), float('nan'), device='cuda', dtype=torch.bfloat16)
+    c = X._pmm_ws(a, offs, w, full[:N], K, NO, tw)
+    torch.cuda.synchronize()
+    assert full[N:].isnan().all(), 'a store went past the last expert'
+    assert not c.isnan().any(), 'an output element was not written'
+    assert _rel(c, ref) < 1e-2
+    monkeypatch.setattr(X, '_WS', False)   # the Triton persistent kernel (or the per-tile one) on the same product
+    swk, swn = (w.stride(2), w.stride(1)) if tw else (w.stride(1), w.stride(2))
+    t = X._launch(X._mm, a, None, offs, w, None, torch.empty(N, NO, device='cuda', dtype=torch.bfloat16), None, K, NO, NO, swn, swk, 0)
+    assert _rel(c, t) < 1e-6
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper_gluon(), reason='the warp-specialised products need Gluon and a Hopper GPU')
+def test_ws_products_in_a_cuda_graph():
+    "Captured with its tile table, replayed on new rows and new routing offsets in the same buffers."
+    from pithtrain import experts as X
+    offs, a, w, _ = _grouped([300, 0, 257, 1, 466], 256, 384, False, seed=1)
+    c = torch.empty(a.shape[0], 384, device='cuda', dtype=torch.bfloat16)
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s): X._pmm_ws(a, offs, w, c, 256, 384, False)   # compile outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph): X._pmm_ws(a, offs, w, c, 256, 384, False)
+    offs2, a2, w2, ref2 = _grouped([10, 500, 0, 300, 214], 256, 384, False, seed=2)
+    offs.copy_(offs2); a.copy_(a2); w.copy_(w2)
+    graph.replay(); torch.cuda.synchronize()
+    assert _rel(c, ref2) < 1e-2
