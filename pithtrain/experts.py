@@ -278,29 +278,28 @@ try:   # Gluon: explicit partitions, mbarriers and warpgroup MMAs (Triton ≥ 3.
 except ImportError: _GLUON = False
 
 @triton.jit
-def _tile_table_kernel(offs, table, E, MAXT, BM:tl.constexpr, EP2:tl.constexpr, TB:tl.constexpr):
+def _tile_table_kernel(offs, table, E, BM:tl.constexpr, EP2:tl.constexpr, TB:tl.constexpr):
     "table[0] = number of row tiles; table[1 + 3j : 4 + 3j] = (first row, end of its expert's rows, expert) of row tile j."
-    e_, lo, hi, tiles, ends = _expert_rows(offs, E, BM, EP2)
+    e_, lo, hi, tiles, ends = _expert_rows(offs, E, BM, EP2)   # every program: TB tiles each
     total = tl.sum(tiles, 0)
-    tl.store(table, total)
-    for j0 in range(0, MAXT, TB):
-        j = j0 + tl.arange(0, TB)
-        here = (ends[None, :] - tiles[None, :] <= j[:, None]) & (j[:, None] < ends[None, :])   # (TB, EP2): tile j is e's
-        first = tl.sum(tl.where(here, (ends - tiles)[None, :], 0), 1)
-        ok = j < total
-        tl.store(table + 1 + 3 * j, tl.sum(tl.where(here, lo[None, :], 0), 1) + (j - first) * BM, mask=ok)
-        tl.store(table + 2 + 3 * j, tl.sum(tl.where(here, hi[None, :], 0), 1), mask=ok)
-        tl.store(table + 3 + 3 * j, tl.sum(tl.where(here, e_[None, :], 0), 1), mask=ok)
+    if tl.program_id(0) == 0: tl.store(table, total)
+    j = tl.program_id(0) * TB + tl.arange(0, TB)
+    here = (ends[None, :] - tiles[None, :] <= j[:, None]) & (j[:, None] < ends[None, :])   # (TB, EP2): tile j is e's
+    first = tl.sum(tl.where(here, (ends - tiles)[None, :], 0), 1)
+    ok = j < total
+    tl.store(table + 1 + 3 * j, tl.sum(tl.where(here, lo[None, :], 0), 1) + (j - first) * BM, mask=ok)
+    tl.store(table + 2 + 3 * j, tl.sum(tl.where(here, hi[None, :], 0), 1), mask=ok)
+    tl.store(table + 3 + 3 * j, tl.sum(tl.where(here, e_[None, :], 0), 1), mask=ok)
 
 def _tile_table(offs:torch.Tensor, # (E+1,) int32 row offsets of the experts
                 N:int,             # rows of the plan
                 BM:int=128         # rows per tile
                )->torch.Tensor:    # (1 + 3·(⌈N/BM⌉ + E),) int32
-    "The row tiles of a plan as a table (one program, no host sync): count, then (first row, end row, expert) each."
+    "The row tiles of a plan as a table (no host sync): count, then (first row, end row, expert) each; 64 tiles a program."
     E = offs.numel() - 1
     maxt = triton.cdiv(N, BM) + E
     table = torch.empty(1 + 3 * maxt, device=offs.device, dtype=torch.int32)
-    _tile_table_kernel[(1,)](offs, table, E, maxt, BM=BM, EP2=triton.next_power_of_2(E), TB=128)
+    _tile_table_kernel[(triton.cdiv(maxt, 64),)](offs, table, E, BM=BM, EP2=triton.next_power_of_2(E), TB=64)
     return table
 
 # %% ../nbs/03_experts.ipynb #7245afa5
