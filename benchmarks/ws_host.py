@@ -28,9 +28,9 @@ table = X._tile_table(offs, 256)
 print('gluon launch, table given  ', round(host_us(lambda: X._pmm_ws(a, offs, w, c, 128, 256, False, table)), 1), flush=True)
 print('gluon launch + table       ', round(host_us(lambda: X._pmm_ws(a, offs, w, c, 128, 256, False)), 1), flush=True)
 print('table alone                ', round(host_us(lambda: X._tile_table(offs, 256)), 1), flush=True)
-X._WS = False
+X._WS = '0'
 print('triton _pmm via _launch    ', round(host_us(lambda: X._launch(X._mm, a, None, offs, w, None, c, None, 128, 256, 256, 1, w.stride(1), 0)), 1), flush=True)
-X._WS = True
+X._WS = 'always'
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GD
 lay = gl.NVMMASharedLayout.get_default_for([128, 64], gl.bfloat16)

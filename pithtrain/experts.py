@@ -477,7 +477,7 @@ _TMA = os.environ.get('PITHTRAIN_TMA', '1') == '1'   # tensor-descriptor loads w
 _DH_SPLIT = os.environ.get('PITHTRAIN_DH_SPLIT', '1') == '1'   # with TMA: SwiGLU backward as its own pass after a plain GEMM
 _PERSIST = os.environ.get('PITHTRAIN_PERSISTENT', '1') == '1'   # with TMA: plain products by the persistent kernel
 _TMA_STORE = os.environ.get('PITHTRAIN_TMA_STORE', '1') == '1'   # with TMA: fc1's whole output tiles stored through descriptors
-_WS = os.environ.get('PITHTRAIN_WS', '1') == '1'   # on Hopper: plain products by the warp-specialised Gluon kernel
+_WS = os.environ.get('PITHTRAIN_WS', 'graph')   # Hopper's Gluon products: 'graph' (inside a CUDA graph capture), 'always', '0'
 _WS_CFG = (128, 128, 64, 5)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
 
 def _tma_hook(nargs):
@@ -545,8 +545,10 @@ def _nprog(dev:torch.device)->int:
 _GL_DT = {torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 
 def _ws_ok(a, w, c, bias)->bool:
-    "Can this plain product take the warp-specialised Gluon kernel: Gluon, compute capability 9.x, 16-bit operands, no bias."
-    return (_GLUON and _WS and bias is None and c.is_cuda and _props(c.device).major == 9 and a.dtype in _GL_DT
+    "Can this plain product take the warp-specialised Gluon kernel: Gluon, compute capability 9.x, 16-bit operands, no bias —"
+    " and, by default, a CUDA graph being captured (the launch's host cost is paid once there)."
+    if not (_WS == 'always' or _WS == 'graph' and c.is_cuda and torch.cuda.is_current_stream_capturing()): return False
+    return (_GLUON and bias is None and c.is_cuda and _props(c.device).major == 9 and a.dtype in _GL_DT
             and a.dtype == w.dtype == c.dtype and _tma_ok(c))
 
 def _pmm_ws(a, offs, w, c, K, NO, tw, table=None):

@@ -190,7 +190,7 @@ def test_ws_products_against_reference_and_pmm(tw, K, NO, monkeypatch):
     assert full[N:].isnan().all(), 'a store went past the last expert'
     assert not c.isnan().any(), 'an output element was not written'
     assert _rel(c, ref) < 1e-2
-    monkeypatch.setattr(X, '_WS', False)   # the Triton persistent kernel (or the per-tile one) on the same product
+    monkeypatch.setattr(X, '_WS', '0')   # the Triton persistent kernel (or the per-tile one) on the same product
     swk, swn = (w.stride(2), w.stride(1)) if tw else (w.stride(1), w.stride(2))
     t = X._launch(X._mm, a, None, offs, w, None, torch.empty(N, NO, device='cuda', dtype=torch.bfloat16), None, K, NO, NO, swn, swk, 0)
     assert _rel(c, t) < 1e-6
