@@ -71,73 +71,13 @@ def timed(fn, reps=7):
         ts.append(e0.elapsed_time(e1) * 1e3)
     return statistics.median(ts)
 
-def coreside():
-    """The update as 1 or 2 small programs per SM (4 warps, 72 registers a thread), so they fit beside a GEMM program that
-    leaves registers free (the persistent products: 180 a thread × 256 threads); fc1 (255 × 256) and others may not."""
+def small_gemms(nsm):
+    """Makers of the `small` step's products, each taking S, the SMs left to the update (0: the whole GPU): fc2 (the
+    persistent `_pmm` on nsm − S programs), fc1 (per tile: takes the SMs that are free), a dense cuBLAS product (SM
+    carve-out S), cuDNN attention; with the repeats that make each a few ms."""
     dev, bf = 'cuda', torch.bfloat16
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from experts_sweep import routing
-    nsm = torch.cuda.get_device_properties(0).multi_processor_count
-    res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
-               command='python3 benchmarks/adamw_sm_share.py ' + ' '.join(sys.argv[1:]), sms=nsm, update={}, rows=[])
-    out = os.environ.get('OUT')
-    n = 100_663_296
-    st = state(n, dev)
-    gb = 30 * n / 1e9
-    lib_alone = timed(lambda: lib_update(st)); res['update']['library'] = dict(us=round(lib_alone, 1), tb_s=round(gb / lib_alone * 1e3, 2))
-    setups = [(nsm, 4, 1024), (2 * nsm, 4, 1024), (nsm, 8, 2048)]
-    for S, w, b in setups:
-        t = timed(lambda: p_update(st, S, w, b)); res['update'][f'S{S}-w{w}-b{b}'] = dict(us=round(t, 1), tb_s=round(gb / t * 1e3, 2))
-    print(res['update'], flush=True)
-    T, k, E, H, I = 16384, 8, 64, 1024, 512
-    plan, offs = routing(T, k, E)
-    N = plan.token_idx.numel()
-    xa, hh = torch.randn(N, H, device=dev, dtype=bf), torch.randn(N, I, device=dev, dtype=bf)
-    w1, w2 = torch.randn(E, H, 2 * I, device=dev, dtype=bf) * 0.02, torch.randn(E, I, H, device=dev, dtype=bf) * 0.02
-    y, h, gu = torch.empty(N, H, device=dev, dtype=bf), torch.empty(N, I, device=dev, dtype=bf), torch.empty(N, 2 * I, device=dev, dtype=bf)
-    xd, wd = torch.randn(T, H, device=dev, dtype=bf), torch.randn(H, 3 * H, device=dev, dtype=bf) * 0.02
-    q = torch.randn(8, 16, 2048, 64, device=dev, dtype=bf); kv = torch.randn(8, 16, 2048, 64, device=dev, dtype=bf)
-    gemms = {'fc2': (lambda: X._launch(X._mm, hh, None, offs, w2, None, y, None, I, H, I, w2.stride(2), w2.stride(1), 0), 12),
-             'fc1': (lambda: X._launch(X._fc1, xa, None, offs, w1, None, h, gu, H, I, I, w1.stride(2), w1.stride(1), 1), 6),
-             'dense-mm': (lambda: torch.mm(xd, wd), 40),
-             'attention': (lambda: torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True), 16)}
-    side = torch.cuda.Stream(priority=-1)
-    for name, (g, reps) in gemms.items():
-        g(); torch.cuda.synchronize()
-        full = timed(lambda: [g() for _ in range(reps)])
-        for S, w, b in setups:
-            def both():
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side): p_update(st, S, w, b)
-                for _ in range(reps): g()
-                torch.cuda.current_stream().wait_stream(side)
-            t = timed(both)
-            row = dict(gemm=name, reps=reps, S=S, warps=w, block=b, gemm_us=round(full, 1), update_us=res['update'][f'S{S}-w{w}-b{b}']['us'],
-                       both_us=round(t, 1), serial_us=round(full + lib_alone, 1), saved_us=round(full + lib_alone - t, 1))
-            res['rows'].append(row); print(row, flush=True)
-        if out: json.dump(res, open(os.path.join(out, 'adamw_coreside.json'), 'w'), indent=1)
-
-def main():
-    dev, bf = 'cuda', torch.bfloat16
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import routing
-    nsm = torch.cuda.get_device_properties(0).multi_processor_count
-    res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
-               command='python3 benchmarks/adamw_sm_share.py ' + ' '.join(sys.argv[1:]), sms=nsm, update={}, rows=[])
-    out = os.environ.get('OUT')
-    def save():
-        if out: json.dump(res, open(os.path.join(out, 'adamw_sm_share.json'), 'w'), indent=1)
-    n = 100_663_296   # one `small` layer's expert weights (64 × 3 × 1024 × 512)
-    st = state(n, dev)
-    gb = 30 * n / 1e9   # bytes the update moves
-    t = timed(lambda: lib_update(st)); res['update']['library'] = dict(us=round(t, 1), tb_s=round(gb / t * 1e3, 2))
-    print('library update', res['update']['library'], flush=True)
-    for S in (8, 12, 16, 24, 32, 48):
-        for warps, block in ((32, 8192), (32, 16384), (16, 8192)):
-            t = timed(lambda: p_update(st, S, warps, block))
-            res['update'][f'S{S}-w{warps}-b{block}'] = dict(us=round(t, 1), tb_s=round(gb / t * 1e3, 2)); print(S, warps, block, res['update'][f'S{S}-w{warps}-b{block}'], flush=True)
-    save()
-    # the GEMMs beside it, at the `small` step's shapes: fc2 (persistent), fc1 (not), a dense cuBLAS product, attention
     T, k, E, H, I = 16384, 8, 64, 1024, 512
     plan, offs = routing(T, k, E)
     N = plan.token_idx.numel()
@@ -158,8 +98,62 @@ def main():
             finally: torch._C._set_sm_carveout_experimental(None)
         return f
     def attn(S): return lambda: torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True)
+    return {'fc2': (fc2, 12), 'fc1': (fc1, 6), 'dense-mm': (dense, 40), 'attention': (attn, 16)}
+
+def beside(update, g, reps, side):
+    "The update on the high-priority side stream, launched first, and `reps` calls of g on the current stream."
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side): update()
+    for _ in range(reps): g()
+    torch.cuda.current_stream().wait_stream(side)
+
+def start():
+    "The result dict, the update's state (one `small` layer's expert weights: 64 × 3 × 1024 × 512) and its bytes in GB."
+    nsm = torch.cuda.get_device_properties(0).multi_processor_count
+    res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
+               command='python3 benchmarks/adamw_sm_share.py ' + ' '.join(sys.argv[1:]), sms=nsm, update={}, rows=[])
+    n = 100_663_296
+    return res, nsm, state(n, 'cuda'), 30 * n / 1e9
+
+def time_update(res, key, fn, gb):
+    "Time one update variant into res['update'][key] (µs, TB/s)."
+    t = timed(fn)
+    res['update'][key] = dict(us=round(t, 1), tb_s=round(gb / t * 1e3, 2))
+    return res['update'][key]
+
+def coreside():
+    """The update as 1 or 2 small programs per SM (4 warps, 72 registers a thread), so they fit beside a GEMM program that
+    leaves registers free (the persistent products: 180 a thread × 256 threads); fc1 (255 × 256) and others may not."""
+    res, nsm, st, gb = start()
+    out = os.environ.get('OUT')
+    lib_alone = time_update(res, 'library', lambda: lib_update(st), gb)['us']
+    setups = [(nsm, 4, 1024), (2 * nsm, 4, 1024), (nsm, 8, 2048)]
+    for S, w, b in setups: time_update(res, f'S{S}-w{w}-b{b}', lambda: p_update(st, S, w, b), gb)
+    print(res['update'], flush=True)
     side = torch.cuda.Stream(priority=-1)
-    for name, mk, reps in (('fc2', fc2, 12), ('fc1', fc1, 6), ('dense-mm', dense, 40), ('attention', attn, 16)):
+    for name, (mk, reps) in small_gemms(nsm).items():
+        g = mk(0)
+        g(); torch.cuda.synchronize()
+        full = timed(lambda: [g() for _ in range(reps)])
+        for S, w, b in setups:
+            t = timed(lambda: beside(lambda: p_update(st, S, w, b), g, reps, side))
+            row = dict(gemm=name, reps=reps, S=S, warps=w, block=b, gemm_us=round(full, 1), update_us=res['update'][f'S{S}-w{w}-b{b}']['us'],
+                       both_us=round(t, 1), serial_us=round(full + lib_alone, 1), saved_us=round(full + lib_alone - t, 1))
+            res['rows'].append(row); print(row, flush=True)
+        if out: json.dump(res, open(os.path.join(out, 'adamw_coreside.json'), 'w'), indent=1)
+
+def main():
+    res, nsm, st, gb = start()
+    out = os.environ.get('OUT')
+    def save():
+        if out: json.dump(res, open(os.path.join(out, 'adamw_sm_share.json'), 'w'), indent=1)
+    print('library update', time_update(res, 'library', lambda: lib_update(st), gb), flush=True)
+    for S in (8, 12, 16, 24, 32, 48):
+        for warps, block in ((32, 8192), (32, 16384), (16, 8192)):
+            print(S, warps, block, time_update(res, f'S{S}-w{warps}-b{block}', lambda: p_update(st, S, warps, block), gb), flush=True)
+    save()
+    side = torch.cuda.Stream(priority=-1)
+    for name, (mk, reps) in small_gemms(nsm).items():
         for f in (mk(0), mk(16)): f(); torch.cuda.synchronize()   # autotune / compile first
         full = timed(lambda: [mk(0)() for _ in range(reps)])
         lib_alone = res['update']['library']['us']
@@ -168,12 +162,7 @@ def main():
         for S in (8, 16, 24, 32):
             g = mk(S)
             alone = timed(lambda: [g() for _ in range(reps)])
-            def both():
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side): p_update(st, S)
-                for _ in range(reps): g()
-                torch.cuda.current_stream().wait_stream(side)
-            t = timed(both)
+            t = timed(lambda: beside(lambda: p_update(st, S), g, reps, side))
             row = dict(gemm=name, reps=reps, S=S, gemm_us=round(alone, 1), update_us=res['update'][f'S{S}-w32-b8192']['us'],
                        both_us=round(t, 1), serial_us=round(full + lib_alone, 1), saved_us=round(full + lib_alone - t, 1))
             res['rows'].append(row); print(row, flush=True)

@@ -34,6 +34,23 @@ def routing(T, k, E, dev='cuda'):
     plan = make_plan(torch.stack([torch.randperm(E, device=dev)[:k] for _ in range(T)]), E)
     return plan, plan.offsets.to(torch.int32)
 
+def plain_products(T, k, E, H, I, dev='cuda'):
+    """`routing`'s plan at one shape and the three plain products' operands in bf16: (offsets, N, rows) with rows
+    (name, a, w, K, NO, tw) for fc2 (h @ w2[e]), dx (dgu @ w1[e]ᵀ) and dh (dy @ w2[e]ᵀ)."""
+    plan, offs = routing(T, k, E, dev)
+    N, bf = plan.token_idx.numel(), torch.bfloat16
+    h, dgu, dy = (torch.randn(N, n, device=dev, dtype=bf) for n in (I, 2 * I, H))
+    w1, w2 = torch.randn(E, H, 2 * I, device=dev, dtype=bf) * 0.02, torch.randn(E, I, H, device=dev, dtype=bf) * 0.02
+    return offs, N, (('fc2', h, w2, I, H, False), ('dx', dgu, w1, 2 * I, H, True), ('dh', dy, w2, H, I, True))
+
+def interleaved(fns:dict, rounds:int, rep:int=40)->dict:
+    """µs per call of each function, timed in turn for `rounds` rounds (a `do_bench` median each): {name: [µs a round]}.
+    Kernel A/Bs go in rounds: in a sweep the same kernel read slower as the last row than as the first."""
+    ts = {n: [] for n in fns}
+    for _ in range(rounds):
+        for n, f in fns.items(): ts[n].append(do_bench(f, warmup=5, rep=rep, return_mode='median') * 1e3)
+    return ts
+
 def dh_split():
     "Time `_dgu` both ways (autotuned) at both shapes; print the summed winner."
     dev, bf = 'cuda', torch.bfloat16

@@ -211,8 +211,7 @@ def debug():
 
 def main(rounds=5):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import routing, SHAPES
-    from triton.testing import do_bench
+    from experts_sweep import routing, SHAPES, interleaved
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/fc1_gluon.py ' + ' '.join(sys.argv[1:]), rows=[])
     out = os.environ.get('OUT')
@@ -227,9 +226,7 @@ def main(rounds=5):
         rel = lambda x, y: ((x.float() - y.float()).norm() / y.float().norm()).item()
         res['rows'].append(dict(shape=sname, err_h=rel(h, hr), err_gu=rel(gu, gr))); print(res['rows'][-1], flush=True)
         fns = {'_fc1': lambda: reference(a, offs, w1, rw), 'fc1 gluon': lambda: launch(a, offs, w1, h, gu, rw, table)}
-        ts = {n: [] for n in fns}
-        for _ in range(rounds):
-            for n, f in fns.items(): ts[n].append(do_bench(f, warmup=5, rep=30, return_mode='median') * 1e3)
+        ts = interleaved(fns, rounds, rep=30)
         for n in fns:
             md = statistics.median(ts[n])
             res['rows'].append(dict(shape=sname, kernel=n, us_median=round(md, 1), tflops=round(4 * N * H * I / md / 1e6, 1),

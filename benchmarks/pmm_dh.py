@@ -97,8 +97,7 @@ CFGS = ((128, 128, 64, 8, 4), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 
 
 def main(rounds=4):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import routing, SHAPES
-    from triton.testing import do_bench
+    from experts_sweep import routing, SHAPES, interleaved
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/pmm_dh.py ' + ' '.join(sys.argv[1:]), rows=[])
     bf, out = torch.bfloat16, os.environ.get('OUT')
@@ -120,9 +119,7 @@ def main(rounds=4):
                 fns[f'{cfg} flat={flat}'] = (lambda kern, bn, fl: lambda: finish(fused(kern, dy, offs, w2, gu, rw, flat=fl)[1], I, bn))(kern, cfg[1], flat)
             except Exception as ex:
                 res['rows'].append(dict(shape=sname, cfg=cfg, error=repr(ex)[:300])); print(res['rows'][-1], flush=True)
-        ts = {n: [] for n in fns}
-        for _ in range(rounds):
-            for n, f in fns.items(): ts[n].append(do_bench(f, warmup=5, rep=40, return_mode='median') * 1e3)
+        ts = interleaved(fns, rounds)
         for n in fns:
             res['rows'].append(dict(shape=sname, kernel=n, us_median=round(statistics.median(ts[n]), 1), us=[round(t, 1) for t in ts[n]]))
             print(res['rows'][-1], flush=True)

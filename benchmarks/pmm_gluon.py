@@ -54,19 +54,15 @@ def compile_only():
 
 def main(rounds=4):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import routing, SHAPES
-    from triton.testing import do_bench
+    from experts_sweep import plain_products, SHAPES, interleaved
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/pmm_gluon.py ' + ' '.join(sys.argv[1:]), rows=[])
     bf, out = torch.bfloat16, os.environ.get('OUT')
     def save():
         if out: json.dump(res, open(os.path.join(out, 'pmm_gluon.json'), 'w'), indent=1)
     for sname, (T, k, E, H, I) in SHAPES.items():
-        plan, offs = routing(T, k, E)
-        N = plan.token_idx.numel()
-        h, dgu, dy = (torch.randn(N, n, device='cuda', dtype=bf) for n in (I, 2 * I, H))
-        w1, w2 = torch.randn(E, H, 2 * I, device='cuda', dtype=bf) * 0.02, torch.randn(E, I, H, device='cuda', dtype=bf) * 0.02
-        for what, a, w, K, NO, tw in (('fc2', h, w2, I, H, False), ('dx', dgu, w1, 2 * I, H, True), ('dh', dy, w2, H, I, True)):
+        offs, N, prods = plain_products(T, k, E, H, I)
+        for what, a, w, K, NO, tw in prods:
             flop = 2 * N * K * NO
             c = torch.empty(N, NO, device='cuda', dtype=bf)
             ref = pmm(a, offs, w, torch.empty_like(c), K, NO, tw).float()
@@ -83,9 +79,7 @@ def main(rounds=4):
                     res['rows'].append(dict(shape=sname, gemm=what, cfg=cfg, error=repr(ex)[:400])); print(res['rows'][-1], flush=True)
                     raise
                 save()
-            ts = {n: [] for n in fns}
-            for _ in range(rounds):
-                for n, f in fns.items(): ts[n].append(do_bench(f, warmup=5, rep=30, return_mode='median') * 1e3)
+            ts = interleaved(fns, rounds, rep=30)
             for n in fns:
                 m = statistics.median(ts[n])
                 res['rows'].append(dict(shape=sname, gemm=what, kernel=n, us_median=round(m, 1), tflops=round(flop / m / 1e6, 1), us=[round(t, 1) for t in ts[n]]))

@@ -63,18 +63,15 @@ def smoke():
 
 def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import routing, SHAPES
+    from experts_sweep import plain_products, SHAPES
     from triton.testing import do_bench
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device='cuda'))
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/pmm_tma_store.py ' + ' '.join(sys.argv[1:]), rows=[])
     bf = torch.bfloat16
     for sname, (T, k, E, H, I) in SHAPES.items():
-        plan, offs = routing(T, k, E)
-        N = plan.token_idx.numel()
-        h, dgu, dy = (torch.randn(N, n, device='cuda', dtype=bf) for n in (I, 2 * I, H))
-        w1, w2 = torch.randn(E, H, 2 * I, device='cuda', dtype=bf) * 0.02, torch.randn(E, I, H, device='cuda', dtype=bf) * 0.02
-        for what, a, w, K, NO, tw in (('fc2', h, w2, I, H, False), ('dx', dgu, w1, 2 * I, H, True), ('dh', dy, w2, H, I, True)):
+        offs, N, prods = plain_products(T, k, E, H, I)
+        for what, a, w, K, NO, tw in prods:
             flop = 2 * N * K * NO
             c = torch.empty(N, NO, device='cuda', dtype=bf)
             ref = launch(X._pmm, a, offs, w, torch.empty_like(c), K, NO, tw).float()
