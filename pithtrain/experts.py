@@ -547,9 +547,9 @@ _GL_DT = {torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 def _ws_ok(a, w, c, bias)->bool:
     "Can this plain product take the warp-specialised Gluon kernel: Gluon, compute capability 9.x, 16-bit operands, no bias —"
     " and, by default, a CUDA graph being captured (the launch's host cost is paid once there)."
-    if not (_WS == 'always' or _WS == 'graph' and c.is_cuda and torch.cuda.is_current_stream_capturing()): return False
-    return (_GLUON and bias is None and c.is_cuda and _props(c.device).major == 9 and a.dtype in _GL_DT
-            and a.dtype == w.dtype == c.dtype and _tma_ok(c))
+    if not (_GLUON and bias is None and c.is_cuda): return False
+    if not (_WS == 'always' or _WS == 'graph' and torch.cuda.is_current_stream_capturing()): return False
+    return _props(c.device).major == 9 and a.dtype in _GL_DT and a.dtype == w.dtype == c.dtype and _tma_ok(c)
 
 def _pmm_ws(a, offs, w, c, K, NO, tw, table=None):
     "c[rows of e] = a[rows of e] @ w[e] (w (E, K, NO)), or @ w[e]ᵀ with tw (w (E, NO, K)), by `_pmm_ws_kernel`."
@@ -658,7 +658,7 @@ class _ExpertFFN(torch.autograd.Function):
         pre = N > 0 and not inter and _tma_ok(xc, w1c)   # gather once: fc1 and dW1 then read plain rows by TMA
         xa, tok = (_gather_fwd(xc, token_idx, None), None) if pre else (xc, token_idx)
         _launch(_fc1, xa, tok, offsets, w1c, b1c, h, gu, H, I, I, w1c.stride(2), w1c.stride(1), 1, oai, inter, alpha, limit, rw)
-        table = _tile_table(offsets, N) if N and _ws_ok(xc, w2c, xc, None) else None   # the Gluon products' row tiles
+        table = _tile_table(offsets, N, _WS_CFG[0]) if N and _ws_ok(xc, w2c, xc, None) else None   # the Gluon products' row tiles
         y = _launch(_mm, h, None, offsets, w2c, b2c, torch.empty(N, H, device=x.device, dtype=dt), None, I, H, I,
                     w2c.stride(2), w2c.stride(1), 0, table=table)
         ctx.save_for_backward(xa, token_idx, offsets, inv, w1c, w2c, gu, h, rw, table)
