@@ -305,9 +305,10 @@ def _tile_table(offs:torch.Tensor, # (E+1,) int32 row offsets of the experts
 # %% ../nbs/03_experts.ipynb #7245afa5
 if _GLUON:
     @gluon.jit
-    def _ws_producer(a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW:gl.constexpr, BM:gl.constexpr,
-                     BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
-        "One warp: the TMA loads of every k-step of every tile of this program, in order, into the slot ring."
+    def _ws_producer(a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW:gl.constexpr, GU:gl.constexpr,
+                     BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+        "One warp: the TMA loads of every k-step of every tile of this program, in order, into the slot ring; with GU (fc1)"
+        " a slot's two halves take the tile's gate columns and the matching up columns, NO further on."
         n_n = gl.cdiv(NO, BN)
         nk = gl.cdiv(K, BK)
         c = 0
@@ -317,38 +318,49 @@ if _GLUON:
             for k in range(nk):
                 s = c % S
                 mbarrier.wait(empty.index(s), ((c // S) & 1) ^ 1)   # a fresh barrier reads as released
-                mbarrier.expect(ready.index(s), a_d.block_type.nbytes + w_d.block_type.nbytes)
+                b = b_bufs.index(s)
+                if GU: mbarrier.expect(ready.index(s), a_d.block_type.nbytes + 2 * w_d.block_type.nbytes)
+                else: mbarrier.expect(ready.index(s), a_d.block_type.nbytes + w_d.block_type.nbytes)
                 tma.async_copy_global_to_shared(a_d, [row0, k * BK], ready.index(s), a_bufs.index(s))
-                if TW: tma.async_copy_global_to_shared(w_d, [e * NO + pn * BN, k * BK], ready.index(s), b_bufs.index(s))
-                else: tma.async_copy_global_to_shared(w_d, [e * K + k * BK, pn * BN], ready.index(s), b_bufs.index(s))
+                if TW: tma.async_copy_global_to_shared(w_d, [e * NO + pn * BN, k * BK], ready.index(s), b)
+                elif GU:
+                    tma.async_copy_global_to_shared(w_d, [e * K + k * BK, pn * BN], ready.index(s), b.slice(0, BN, 1))
+                    tma.async_copy_global_to_shared(w_d, [e * K + k * BK, NO + pn * BN], ready.index(s), b.slice(BN, BN, 1))
+                else: tma.async_copy_global_to_shared(w_d, [e * K + k * BK, pn * BN], ready.index(s), b)
                 c += 1
 
     @gluon.jit
-    def _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_buf, WHO:gl.constexpr,
+    def _ws_mma(ready, empty, done, a_bufs, b_bufs, acc, m, nk, WHO:gl.constexpr, TW:gl.constexpr, S:gl.constexpr):
+        "Consumer WHO's main loop of its m-th tile, in turn with the other: acc = Σ over k of slot A @ slot B; frees the slots."
+        if WHO == 1: mbarrier.wait(done.index(0), m & 1)   # consumer 0's main loop of the tile before
+        else: mbarrier.wait(done.index(1), (m - 1) & 1, pred=m > 0)
+        cnt = (2 * m + WHO) * nk   # ring position of this tile's first k-step
+        for k in range(nk):
+            s = cnt % S
+            mbarrier.wait(ready.index(s), (cnt // S) & 1)
+            b = b_bufs.index(s).permute((1, 0)) if TW else b_bufs.index(s)
+            acc = warpgroup_mma(a_bufs.index(s), b, acc, use_acc=k > 0, is_async=True)
+            acc = warpgroup_mma_wait(1, deps=(acc,))   # the previous k-step's product is done: free its slot
+            mbarrier.arrive(empty.index((cnt + S - 1) % S), pred=k > 0)
+            cnt += 1
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(empty.index((cnt + S - 1) % S))
+        mbarrier.arrive(done.index(WHO))   # the other consumer may multiply now
+        return acc
+
+    @gluon.jit
+    def _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, WHO:gl.constexpr,
                      TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
-        "One warpgroup: tiles WHO, WHO + 2, … of this program's sequence; main loops in turn with the other consumer."
+        "One warpgroup of the plain product: tiles WHO, WHO + 2, … of this program's sequence, stored from c_bufs[WHO]."
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
+        c_buf = c_bufs.index(WHO)
         n_n = gl.cdiv(NO, BN)
         nk = gl.cdiv(K, BK)
         m = 0   # this consumer's tiles so far
         for t in range(gl.program_id(0) + WHO * NPROG, gl.load(table) * n_n, 2 * NPROG):
             pm, pn = t // n_n, t % n_n
             row0, rend = gl.load(table + 1 + 3 * pm), gl.load(table + 2 + 3 * pm)
-            if WHO == 1: mbarrier.wait(done.index(0), m & 1)   # consumer 0's main loop of the tile before
-            else: mbarrier.wait(done.index(1), (m - 1) & 1, pred=m > 0)
-            acc = gl.zeros([BM, BN], gl.float32, acc_l)
-            cnt = (2 * m + WHO) * nk   # ring position of this tile's first k-step
-            for k in range(nk):
-                s = cnt % S
-                mbarrier.wait(ready.index(s), (cnt // S) & 1)
-                b = b_bufs.index(s).permute((1, 0)) if TW else b_bufs.index(s)
-                acc = warpgroup_mma(a_bufs.index(s), b, acc, use_acc=k > 0, is_async=True)
-                acc = warpgroup_mma_wait(1, deps=(acc,))   # the previous k-step's product is done: free its slot
-                mbarrier.arrive(empty.index((cnt + S - 1) % S), pred=k > 0)
-                cnt += 1
-            acc = warpgroup_mma_wait(0, deps=(acc,))
-            mbarrier.arrive(empty.index((cnt + S - 1) % S))
-            mbarrier.arrive(done.index(WHO))   # the other consumer may multiply now
+            acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, BN], gl.float32, acc_l), m, nk, WHO, TW, S)
             out = acc.to(c.dtype.element_ty)
             if row0 + BM <= rend:   # a whole tile of this expert's rows: TMA store (the buffer's last one must be out)
                 tma.store_wait(0)
@@ -363,27 +375,13 @@ if _GLUON:
         tma.store_wait(0)
 
     @gluon.jit
-    def _ws_first(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, TW:gl.constexpr,
-                  BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
-        _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs.index(0), 0, TW, BM, BN, BK, S)
-
-    @gluon.jit
-    def _ws_second(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, TW:gl.constexpr,
-                   BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
-        _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs.index(1), 1, TW, BM, BN, BK, S)
-
-    @gluon.jit
-    def _ws_loads(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, TW:gl.constexpr,
-                  BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
-        _ws_producer(a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW, BM, BN, BK, S)
-
-    @gluon.jit
-    def _pmm_ws_kernel(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr,
-                       BK:gl.constexpr, S:gl.constexpr):
-        "c[rows of e] = a[rows of e] @ w[e] (w[e]ᵀ with TW) over the table's row tiles: a loading warp, two consumer warpgroups."
-        a_bufs = gl.allocate_shared_memory(a_d.dtype, [S, BM, BK], a_d.layout)
-        b_bufs = gl.allocate_shared_memory(w_d.dtype, [S] + w_d.block_type.shape, w_d.layout)
-        c_bufs = gl.allocate_shared_memory(c_d.dtype, [2, BM, BN], c_d.layout)
+    def _ws_smem(a_d, w_d, c_d, B0:gl.constexpr, B1:gl.constexpr, NC:gl.constexpr, S:gl.constexpr):
+        "The shared memory of both kernels: S slots of A and of B ((B0, B1): fc1's two halves side by side), NC output"
+        " buffers, and the ring's mbarriers (ready, empty) and the consumers' turns (done), initialised."
+        b_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([B0, B1], w_d.dtype)
+        a_bufs = gl.allocate_shared_memory(a_d.dtype, [S] + a_d.block_type.shape, a_d.layout)
+        b_bufs = gl.allocate_shared_memory(w_d.dtype, [S, B0, B1], b_lay)
+        c_bufs = gl.allocate_shared_memory(c_d.dtype, [NC] + c_d.block_type.shape, c_d.layout)
         ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
         done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -391,11 +389,71 @@ if _GLUON:
             mbarrier.init(ready.index(s), count=1)
             mbarrier.init(empty.index(s), count=1)
         for s in gl.static_range(2): mbarrier.init(done.index(s), count=1)
-        gl.warp_specialize([(_ws_first, (c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, TW, BM, BN, BK, S)),
-                            (_ws_second, (a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs,
-                                          TW, BM, BN, BK, S)),
-                            (_ws_loads, (a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs,
-                                         TW, BM, BN, BK, S))], [4, 1], [232, 40])
+        return a_bufs, b_bufs, c_bufs, ready, empty, done
+
+    @gluon.jit
+    def _pmm_ws_kernel(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr,
+                       BK:gl.constexpr, S:gl.constexpr):
+        "c[rows of e] = a[rows of e] @ w[e] (w[e]ᵀ with TW) over the table's row tiles: a loading warp, two consumer warpgroups."
+        a_bufs, b_bufs, c_bufs, ready, empty, done = _ws_smem(a_d, w_d, c_d, w_d.block_type.shape[0],
+                                                                    w_d.block_type.shape[1], 2, S)
+        gl.warp_specialize([(_ws_consumer, (c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, 0, TW,
+                                            BM, BN, BK, S)),
+                            (_ws_consumer, (c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, 1, TW,
+                                            BM, BN, BK, S)),
+                            (_ws_producer, (a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW, False, BM, BN, BK, S))],
+                           [4, 1], [232, 40])
+
+    @gluon.jit
+    def _ws_fc1_consumer(h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ready, empty, done, a_bufs, b_bufs, o_bufs,
+                         WHO:gl.constexpr, ROWW:gl.constexpr, BM:gl.constexpr, BH:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+        "One warpgroup of fc1: its tiles' [gate | up] accumulator split in registers into g and u; h = silu(g)·u (· rw[row]);"
+        " the three stored from o_bufs[3·WHO …] (whole tiles) or masked (an expert's last)."
+        acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 2 * BH, 16])
+        n_n = gl.cdiv(I, BH)
+        nk = gl.cdiv(K, BK)
+        m = 0
+        for t in range(gl.program_id(0) + WHO * NPROG, gl.load(table) * n_n, 2 * NPROG):
+            pm, pn = t // n_n, t % n_n
+            row0, rend = gl.load(table + 1 + 3 * pm), gl.load(table + 2 + 3 * pm)
+            acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, 2 * BH], gl.float32, acc_l), m, nk, WHO, False, S)
+            g, u = gl.split(gl.permute(gl.reshape(acc, [BM, 2, BH]), [0, 2, 1]))   # column bit 6 is a register index
+            hv = g / (1.0 + gl.exp(-g)) * u
+            if ROWW:
+                rr = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, hv.type.layout))
+                hv = hv * gl.load(rw + gl.minimum(rr, rend - 1)).to(gl.float32)[:, None]
+            if row0 + BM <= rend:   # a whole tile of this expert's rows: three TMA stores (the buffers' last ones out first)
+                tma.store_wait(0)
+                o_bufs.index(3 * WHO).store(hv.to(h.dtype.element_ty))
+                o_bufs.index(3 * WHO + 1).store(g.to(gu.dtype.element_ty))
+                o_bufs.index(3 * WHO + 2).store(u.to(gu.dtype.element_ty))
+                fence_async_shared()
+                tma.async_copy_shared_to_global(h_d, [row0, pn * BH], o_bufs.index(3 * WHO))
+                tma.async_copy_shared_to_global(g_d, [row0, pn * BH], o_bufs.index(3 * WHO + 1))
+                tma.async_copy_shared_to_global(u_d, [row0, pn * BH], o_bufs.index(3 * WHO + 2))
+            else:
+                lay: gl.constexpr = hv.type.layout
+                rm = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, lay))
+                rn = pn * BH + gl.arange(0, BH, layout=gl.SliceLayout(0, lay))
+                msk = (rm < rend)[:, None] & (rn < I)[None, :]
+                r64 = rm.to(gl.int64)[:, None]
+                gl.store(h + r64 * I + rn[None, :], hv.to(h.dtype.element_ty), mask=msk)
+                gl.store(gu + r64 * (2 * I) + rn[None, :], g.to(gu.dtype.element_ty), mask=msk)
+                gl.store(gu + r64 * (2 * I) + I + rn[None, :], u.to(gu.dtype.element_ty), mask=msk)
+            m += 1
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _fc1_ws_kernel(a_d, w_d, h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ROWW:gl.constexpr, BM:gl.constexpr,
+                       BH:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+        "gu = a[rows of e] @ w1[e] (gate | up), h = silu(g)·u (· rw[row]) over the table's row tiles of BH columns of h."
+        a_bufs, b_bufs, o_bufs, ready, empty, done = _ws_smem(a_d, w_d, h_d, BK, 2 * BH, 6, S)
+        gl.warp_specialize([(_ws_fc1_consumer, (h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ready, empty, done, a_bufs, b_bufs,
+                                                o_bufs, 0, ROWW, BM, BH, BK, S)),
+                            (_ws_fc1_consumer, (h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ready, empty, done, a_bufs, b_bufs,
+                                                o_bufs, 1, ROWW, BM, BH, BK, S)),
+                            (_ws_producer, (a_d, w_d, table, K, I, NPROG, ready, empty, a_bufs, b_bufs, False, True, BM, BH, BK, S))],
+                           [4, 1], [232, 40])
 
 # %% ../nbs/03_experts.ipynb #8205774a
 @triton.jit
@@ -479,6 +537,7 @@ _PERSIST = os.environ.get('PITHTRAIN_PERSISTENT', '1') == '1'   # with TMA: plai
 _TMA_STORE = os.environ.get('PITHTRAIN_TMA_STORE', '1') == '1'   # with TMA: fc1's whole output tiles stored through descriptors
 _WS = os.environ.get('PITHTRAIN_WS', 'graph')   # Hopper's Gluon products: 'graph' (inside a CUDA graph capture), 'always', '0'
 _WS_CFG = (128, 128, 64, 5)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
+_WS_FC1_CFG = (64, 64, 4)   # fc1's (BH, BK, slots), rows per tile _WS_CFG's (one table): h columns a tile, 2·BH accumulated
 
 def _tma_hook(nargs):
     "Autotune pre-hook: give the tensor descriptors (when the launch has them) this configuration's tile shapes."
@@ -564,14 +623,30 @@ def _pmm_ws(a, offs, w, c, K, NO, tw, table=None):
                          TW=tw, BM=BM, BN=BN, BK=BK, S=S, num_warps=4, maxnreg=168)
     return c
 
+def _fc1_ws(a, offs, w1, h, gu, rw=None, table=None):
+    "h, gu = fc1 of the plan rows a (N, H) with w1 (E, H, 2I) (gate | up), as `_fc1` computes them, by `_fc1_ws_kernel`."
+    (BM, _, _, _), (BH, BK, S) = _WS_CFG, _WS_FC1_CFG
+    (N, K), I = a.shape, h.shape[1]
+    dt = getattr(gl, _GL_DT[a.dtype])
+    desc = lambda t, shape: GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
+    n = _nprog(h.device)
+    _fc1_ws_kernel[(n,)](desc(a, [BM, BK]), desc(w1.view(-1, w1.shape[-1]), [BK, BH]), desc(h, [BM, BH]), desc(gu[:, :I], [BM, BH]),
+                         desc(gu[:, I:], [BM, BH]), h, gu, rw if rw is not None else h,
+                         table if table is not None else _tile_table(offs, N, BM), K, I, n, ROWW=rw is not None,
+                         BM=BM, BH=BH, BK=BK, S=S, num_warps=4, maxnreg=168)
+    return h
+
 def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0, rw=None,
             table=None):
     "Launch one grouped GEMM over all experts: c[rows] = a[rows] @ (w[e] with strides (swk, swn)); rw: (N,) row weights (act 1);"
-    " table: the plan's `_tile_table` for the Gluon kernel (made here when needed and not given)."
+    " table: the plan's `_tile_table` for the Gluon kernels (made here when needed and not given)."
     N, E = c.shape[0], w.shape[0]
     if N == 0: return c
     tw = swn != 1   # B = w[e]ᵀ: K is w's inner axis
     tma = tok is None and not (act == 1 and inter) and _tma_ok(a, w) and (swk if tw else swn) == 1
+    if (act == 1 and tma and not (oai or tw) and K % _WS_FC1_CFG[1] == 0 and I % 8 == 0 and _ws_ok(a, w, c, bias)
+            and _tma_ok(aux)):   # fc1, warp-specialised: whole K steps of w1's rows, 16-byte rows of the gate and up views
+        return _fc1_ws(a, offs, w, c, aux, rw, table)
     if act == 0 and tma and _PERSIST and c.is_contiguous() and (tw or K % _PMM_BK == 0):   # the persistent form
         if _ws_ok(a, w, c, bias): return _pmm_ws(a, offs, w, c, K, NO, tw, table)
         n = _nprog(c.device)
@@ -657,8 +732,9 @@ class _ExpertFFN(torch.autograd.Function):
         gu = torch.empty(N, I2, device=x.device, dtype=dt)
         pre = N > 0 and not inter and _tma_ok(xc, w1c)   # gather once: fc1 and dW1 then read plain rows by TMA
         xa, tok = (_gather_fwd(xc, token_idx, None), None) if pre else (xc, token_idx)
-        _launch(_fc1, xa, tok, offsets, w1c, b1c, h, gu, H, I, I, w1c.stride(2), w1c.stride(1), 1, oai, inter, alpha, limit, rw)
-        table = _tile_table(offsets, N, _WS_CFG[0]) if N and _ws_ok(xc, w2c, xc, None) else None   # the Gluon products' row tiles
+        table = _tile_table(offsets, N, _WS_CFG[0]) if N and _ws_ok(xc, w2c, xc, None) else None   # the Gluon kernels' row tiles
+        _launch(_fc1, xa, tok, offsets, w1c, b1c, h, gu, H, I, I, w1c.stride(2), w1c.stride(1), 1, oai, inter, alpha, limit, rw,
+                table=table)
         y = _launch(_mm, h, None, offsets, w2c, b2c, torch.empty(N, H, device=x.device, dtype=dt), None, I, H, I,
                     w2c.stride(2), w2c.stride(1), 0, table=table)
         ctx.save_for_backward(xa, token_idx, offsets, inv, w1c, w2c, gu, h, rw, table)
