@@ -455,83 +455,6 @@ if _GLUON:
                             (_ws_producer, (a_d, w_d, table, K, I, NPROG, ready, empty, a_bufs, b_bufs, False, True, BM, BH, BK, S))],
                            [4, 1], [232, 40])
 
-    @gluon.jit
-    def _halves(x):
-        "A (BM, BN) register tile as its column halves [:BN/2], [BN/2:] (a register split: column bit log2(BN/2) is a register's)."
-        BM: gl.constexpr = x.shape[0]
-        BN: gl.constexpr = x.shape[1]
-        return gl.split(gl.permute(gl.reshape(x, [BM, 2, BN // 2]), [0, 2, 1]))
-
-    @gluon.jit
-    def _swiglu_bwd(d16, g16, u16, wr, ROWW:gl.constexpr):
-        "dg, du of SwiGLU at (g, u) for dh (times the rows' weights wr with ROWW), and the rows' Σ dh·silu(g)·u (for d wr)."
-        d, g, u = d16.to(gl.float32), g16.to(gl.float32), u16.to(gl.float32)
-        s = 1.0 / (1.0 + gl.exp(-g))
-        p = gl.sum(d * (g * s) * u, 1)
-        if ROWW: d = d * wr[:, None]
-        return d * u * s * (1 + g * (1 - s)), d * g * s, p
-
-    @gluon.jit
-    def _ws_dh_consumer(dg_d, du_d, g_d, u_d, dgu, rw, drw, table, K, I, NR, NPROG, ready, empty, done, a_bufs, b_bufs, o_bufs,
-                        lbar, WHO:gl.constexpr, ROWW:gl.constexpr, DW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr,
-                        BK:gl.constexpr, S:gl.constexpr):
-        "One warpgroup of dh = dy @ w2[e]ᵀ with the SwiGLU backward in its epilogue: the tile's g and u fetched by TMA while"
-        " it multiplies, dg and du stored through the same buffers; DW: the tile's row sums of dh·act(g, u) into drw[pn]."
-        acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
-        gb, ub, bar = o_bufs.index(2 * WHO), o_bufs.index(2 * WHO + 1), lbar.index(WHO)
-        n_n = gl.cdiv(I, BN)
-        nk = gl.cdiv(K, BK)
-        m = 0
-        for t in range(gl.program_id(0) + WHO * NPROG, gl.load(table) * n_n, 2 * NPROG):
-            pm, pn = t // n_n, t % n_n
-            row0, rend = gl.load(table + 1 + 3 * pm), gl.load(table + 2 + 3 * pm)
-            tma.store_wait(0)   # the last tile's dg, du are out of the buffers: fetch this tile's g, u into them
-            mbarrier.expect(bar, 2 * g_d.block_type.nbytes)
-            tma.async_copy_global_to_shared(g_d, [row0, pn * BN], bar, gb)
-            tma.async_copy_global_to_shared(u_d, [row0, pn * BN], bar, ub)
-            acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, BN], gl.float32, acc_l), m, nk, WHO, True, S)
-            d2 = _halves(acc.to(dgu.dtype.element_ty))   # dh as the plain product stores it: the numbers of the split path
-            mbarrier.wait(bar, m & 1)
-            g2, u2 = _halves(gb.load(acc_l)), _halves(ub.load(acc_l))
-            hl: gl.constexpr = g2[0].type.layout   # the epilogue works on 32-column halves (register pressure)
-            rm = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, hl))
-            wr = gl.load(rw + gl.minimum(rm, rend - 1)).to(gl.float32) if ROWW else None
-            dg0, du0, p0 = _swiglu_bwd(d2[0], g2[0], u2[0], wr, ROWW)
-            dg1, du1, p1 = _swiglu_bwd(d2[1], g2[1], u2[1], wr, ROWW)
-            if DW: gl.store(drw + pn * NR + rm, p0 + p1, mask=rm < rend)
-            dg = gl.reshape(gl.permute(gl.join(dg0.to(dgu.dtype.element_ty), dg1.to(dgu.dtype.element_ty)), [0, 2, 1]), [BM, BN])
-            du = gl.reshape(gl.permute(gl.join(du0.to(dgu.dtype.element_ty), du1.to(dgu.dtype.element_ty)), [0, 2, 1]), [BM, BN])
-            if row0 + BM <= rend:   # a whole tile of this expert's rows: two TMA stores
-                gb.store(dg)
-                ub.store(du)
-                fence_async_shared()
-                tma.async_copy_shared_to_global(dg_d, [row0, pn * BN], gb)
-                tma.async_copy_shared_to_global(du_d, [row0, pn * BN], ub)
-            else:
-                ol: gl.constexpr = dg.type.layout
-                ro = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, ol))
-                rn = pn * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, ol))
-                msk = (ro < rend)[:, None] & (rn < I)[None, :]
-                p = dgu + ro.to(gl.int64)[:, None] * (2 * I) + rn[None, :]
-                gl.store(p, dg, mask=msk)
-                gl.store(p + I, du, mask=msk)
-            m += 1
-        tma.store_wait(0)
-
-    @gluon.jit
-    def _dh_ws_kernel(a_d, w_d, g_d, u_d, dg_d, du_d, dgu, rw, drw, table, K, I, NR, NPROG, ROWW:gl.constexpr, DW:gl.constexpr,
-                      BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
-        "dgu = SwiGLU backward at gu of (rw ·) dy @ w2[e]ᵀ over the table's row tiles of BN columns of h; DW: drw[pn, row] partials."
-        a_bufs, b_bufs, o_bufs, ready, empty, done = _ws_smem(a_d, w_d, g_d, BN, BK, 4, S)
-        lbar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())   # each consumer's g, u fetch
-        for s in gl.static_range(2): mbarrier.init(lbar.index(s), count=1)
-        gl.warp_specialize([(_ws_dh_consumer, (dg_d, du_d, g_d, u_d, dgu, rw, drw, table, K, I, NR, NPROG, ready, empty, done,
-                                               a_bufs, b_bufs, o_bufs, lbar, 0, ROWW, DW, BM, BN, BK, S)),
-                            (_ws_dh_consumer, (dg_d, du_d, g_d, u_d, dgu, rw, drw, table, K, I, NR, NPROG, ready, empty, done,
-                                               a_bufs, b_bufs, o_bufs, lbar, 1, ROWW, DW, BM, BN, BK, S)),
-                            (_ws_producer, (a_d, w_d, table, K, I, NPROG, ready, empty, a_bufs, b_bufs, True, False, BM, BN, BK, S))],
-                           [4, 1], [232, 40])
-
 # %% ../nbs/03_experts.ipynb #8205774a
 @triton.jit
 def _wgrad_kernel(a, tok, b, offs, dw, db, sq, a_d, b_d, KO, NO, sa_m, sa_k, sb_m, sb_n, sw_e, sw_k, sw_n, MB,
@@ -615,8 +538,6 @@ _TMA_STORE = os.environ.get('PITHTRAIN_TMA_STORE', '1') == '1'   # with TMA: fc1
 _WS = os.environ.get('PITHTRAIN_WS', 'graph')   # Hopper's Gluon products: 'graph' (inside a CUDA graph capture), 'always', '0'
 _WS_CFG = (128, 128, 64, 5)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
 _WS_FC1_CFG = (64, 64, 4)   # fc1's (BH, BK, slots), rows per tile _WS_CFG's (one table): h columns a tile, 2·BH accumulated
-_WS_DH_CFG = (64, 64, 6)   # dh + SwiGLU backward's (BN, BK, slots), rows per tile _WS_CFG's
-_WS_DH = os.environ.get('PITHTRAIN_WS_DH', '1') == '1'   # where the Gluon kernels run: dh with the SwiGLU backward fused (else split)
 
 def _tma_hook(nargs):
     "Autotune pre-hook: give the tensor descriptors (when the launch has them) this configuration's tile shapes."
@@ -765,27 +686,11 @@ def _act_bwd_kernel(dh, gu, dgu, rw, drw, N, I, alpha, limit, OAI:tl.constexpr, 
         tl.store(dgu + cu, du.to(dgu.dtype.element_ty), mask=m)
     if DW: tl.store(drw + r, acc, mask=rm)
 
-def _dgu_ws(dy, offs, w2c, gu, dgu, rw=None, need_drw=False, table=None):
-    "`_dgu`'s SwiGLU case by `_dh_ws_kernel`: dh never leaves the kernel; drw summed from (column tiles, N) partials."
-    (BM, _, _, _), (BN, BK, S) = _WS_CFG, _WS_DH_CFG
-    (N, H), I = dy.shape, gu.shape[1] // 2
-    dt = getattr(gl, _GL_DT[dy.dtype])
-    desc = lambda t, shape: GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
-    part = torch.empty(triton.cdiv(I, BN), N, device=dy.device, dtype=torch.float32) if need_drw else None
-    n = _nprog(dy.device)
-    _dh_ws_kernel[(n,)](desc(dy, [BM, BK]), desc(w2c.view(-1, H), [BN, BK]), desc(gu[:, :I], [BM, BN]), desc(gu[:, I:], [BM, BN]),
-                        desc(dgu[:, :I], [BM, BN]), desc(dgu[:, I:], [BM, BN]), dgu, rw if rw is not None else dgu,
-                        part if need_drw else dgu, table if table is not None else _tile_table(offs, N, BM), H, I, N, n,
-                        ROWW=rw is not None, DW=need_drw, BM=BM, BN=BN, BK=BK, S=S, num_warps=4, maxnreg=168)
-    return dgu, part.sum(0) if need_drw else None
-
 def _dgu(dy, offs, w2c, gu, oai, inter, alpha, limit, rw=None, need_drw=False, table=None)->tuple:
     "(dgu, drw): dgu = act'(gu) ⊙ (rw ·) (dy @ w2[e]ᵀ), drw = rowwise Σ (dy @ w2[e]ᵀ)·act(gu) when asked (else None)."
     N, I2 = gu.shape
     E, I, H = w2c.shape
     dgu = torch.empty_like(gu)
-    if _WS_DH and N and not (oai or inter) and I % 8 == 0 and _tma_ok(dy, w2c) and _ws_ok(dy, w2c, gu, None):   # Hopper, Gluon
-        return _dgu_ws(dy, offs, w2c, gu, dgu, rw, need_drw, table)
     if rw is None and not (_DH_SPLIT and N > 0 and _tma_ok(dy, w2c)):   # one kernel, the activation backward in its epilogue
         return _launch(_dh, dy, None, offs, w2c, None, dgu, gu, H, I, I, w2c.stride(1), w2c.stride(2), 2, oai, inter, alpha, limit), None
     dh = _launch(_mm, dy, None, offs, w2c, None, torch.empty(N, I, device=dy.device, dtype=gu.dtype), None, H, I, I,
