@@ -330,23 +330,42 @@ if _GLUON:
                 c += 1
 
     @gluon.jit
-    def _ws_mma(ready, empty, done, a_bufs, b_bufs, acc, m, nk, WHO:gl.constexpr, TW:gl.constexpr, S:gl.constexpr):
-        "Consumer WHO's main loop of its m-th tile, in turn with the other: acc = Σ over k of slot A @ slot B; frees the slots."
+    def _ws_mma(ready, empty, done, a_bufs, b_bufs, acc, m, cnt, nk, rem, WHO:gl.constexpr, WG:gl.constexpr, TW:gl.constexpr,
+                S:gl.constexpr):
+        "Consumer WHO's main loop of its m-th tile, in turn with the other: acc = Σ over nk k-steps from ring position cnt of"
+        " slot A @ slot B; frees the slots. WG (weight gradient): A is a (BK, BM) slot read transposed, and the last k-step"
+        " keeps only its first rem rows (the rest are the next expert's: zeroed in shared memory)."
         if WHO == 1: mbarrier.wait(done.index(0), m & 1)   # consumer 0's main loop of the tile before
         else: mbarrier.wait(done.index(1), (m - 1) & 1, pred=m > 0)
-        cnt = (2 * m + WHO) * nk   # ring position of this tile's first k-step
         for k in range(nk):
             s = cnt % S
             mbarrier.wait(ready.index(s), (cnt // S) & 1)
+            if WG:
+                if (k == nk - 1) & (rem < a_bufs.shape[1]): _zero_rows(a_bufs.index(s), b_bufs.index(s), rem)
+                a = a_bufs.index(s).permute((1, 0))
+            else: a = a_bufs.index(s)
             b = b_bufs.index(s).permute((1, 0)) if TW else b_bufs.index(s)
-            acc = warpgroup_mma(a_bufs.index(s), b, acc, use_acc=k > 0, is_async=True)
+            acc = warpgroup_mma(a, b, acc, use_acc=k > 0, is_async=True)
             acc = warpgroup_mma_wait(1, deps=(acc,))   # the previous k-step's product is done: free its slot
             mbarrier.arrive(empty.index((cnt + S - 1) % S), pred=k > 0)
             cnt += 1
         acc = warpgroup_mma_wait(0, deps=(acc,))
-        mbarrier.arrive(empty.index((cnt + S - 1) % S))
+        mbarrier.arrive(empty.index((cnt + S - 1) % S), pred=nk > 0)
         mbarrier.arrive(done.index(WHO))   # the other consumer may multiply now
         return acc
+
+    @gluon.jit
+    def _zero_rows(a_buf, b_buf, rem):
+        "Zero the rows from rem on of two (BK, ·) shared-memory slots (both: 0 · Inf would still be NaN), then fence them"
+        " for the tensor cores."
+        zl: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+        x = a_buf.load(zl)
+        r = gl.arange(0, a_buf.shape[0], layout=gl.SliceLayout(1, zl))
+        a_buf.store(gl.where((r < rem)[:, None], x, gl.zeros_like(x)))
+        y = b_buf.load(zl)
+        b_buf.store(gl.where((r < rem)[:, None], y, gl.zeros_like(y)))
+        fence_async_shared()
+        gl.thread_barrier()
 
     @gluon.jit
     def _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, WHO:gl.constexpr,
@@ -360,7 +379,8 @@ if _GLUON:
         for t in range(gl.program_id(0) + WHO * NPROG, gl.load(table) * n_n, 2 * NPROG):
             pm, pn = t // n_n, t % n_n
             row0, rend = gl.load(table + 1 + 3 * pm), gl.load(table + 2 + 3 * pm)
-            acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, BN], gl.float32, acc_l), m, nk, WHO, TW, S)
+            acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, BN], gl.float32, acc_l), m, (2 * m + WHO) * nk, nk, 0,
+                          WHO, False, TW, S)
             out = acc.to(c.dtype.element_ty)
             if row0 + BM <= rend:   # a whole tile of this expert's rows: TMA store (the buffer's last one must be out)
                 tma.store_wait(0)
@@ -416,7 +436,8 @@ if _GLUON:
         for t in range(gl.program_id(0) + WHO * NPROG, gl.load(table) * n_n, 2 * NPROG):
             pm, pn = t // n_n, t % n_n
             row0, rend = gl.load(table + 1 + 3 * pm), gl.load(table + 2 + 3 * pm)
-            acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, 2 * BH], gl.float32, acc_l), m, nk, WHO, False, S)
+            acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, 2 * BH], gl.float32, acc_l), m, (2 * m + WHO) * nk, nk,
+                          0, WHO, False, False, S)
             g, u = gl.split(gl.permute(gl.reshape(acc, [BM, 2, BH]), [0, 2, 1]))   # column bit 6 is a register index
             hv = g / (1.0 + gl.exp(-g)) * u
             if ROWW:
@@ -454,6 +475,77 @@ if _GLUON:
                                                 o_bufs, 1, ROWW, BM, BH, BK, S)),
                             (_ws_producer, (a_d, w_d, table, K, I, NPROG, ready, empty, a_bufs, b_bufs, False, True, BM, BH, BK, S))],
                            [4, 1], [232, 40])
+
+    @gluon.jit
+    def _wg_nk(offs, t, E, NT, BK:gl.constexpr):
+        "k-steps (BK rows each) of weight-gradient tile t: its expert's rows; 0 for t past the last tile."
+        e = gl.minimum(t // NT, E - 1)
+        n = gl.cdiv(gl.load(offs + e + 1) - gl.load(offs + e), BK)
+        return gl.where(t < E * NT, n, 0)
+
+    @gluon.jit
+    def _wg_producer(a_d, b_d, offs, E, KO, NO, NPROG, ready, empty, a_bufs, b_bufs, BM:gl.constexpr, BN:gl.constexpr,
+                     BK:gl.constexpr, S:gl.constexpr):
+        "One warp: per tile (expert, KO block, NO block) the expert's rows BK at a time, of a's and b's column blocks."
+        nm, nn = gl.cdiv(KO, BM), gl.cdiv(NO, BN)
+        c = 0
+        for t in range(gl.program_id(0), E * nm * nn, NPROG):
+            e, r = t // (nm * nn), t % (nm * nn)
+            pm, pn = r // nn, r % nn
+            lo, hi = gl.load(offs + e), gl.load(offs + e + 1)
+            for k in range(gl.cdiv(hi - lo, BK)):
+                s = c % S
+                mbarrier.wait(empty.index(s), ((c // S) & 1) ^ 1)
+                mbarrier.expect(ready.index(s), a_d.block_type.nbytes + b_d.block_type.nbytes)
+                tma.async_copy_global_to_shared(a_d, [lo + k * BK, pm * BM], ready.index(s), a_bufs.index(s))
+                tma.async_copy_global_to_shared(b_d, [lo + k * BK, pn * BN], ready.index(s), b_bufs.index(s))
+                c += 1
+
+    @gluon.jit
+    def _wg_consumer(dw, sq, offs, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, WHO:gl.constexpr, SQ:gl.constexpr,
+                     BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+        "One warpgroup: dw[e] tiles WHO, WHO + 2, … of this program (empty experts' tiles zero); SQ: each tile's Σ dw² in sq[t]."
+        acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
+        nm, nn = gl.cdiv(KO, BM), gl.cdiv(NO, BN)
+        NT = nm * nn
+        c = 0 if WHO == 0 else _wg_nk(offs, gl.program_id(0), E, NT, BK)   # ring position: the k-steps of the tiles before
+        m = 0
+        for t in range(gl.program_id(0) + WHO * NPROG, E * NT, 2 * NPROG):
+            e, r = t // NT, t % NT
+            pm, pn = r // nn, r % nn
+            rows = gl.load(offs + e + 1) - gl.load(offs + e)
+            nk = gl.cdiv(rows, BK)
+            acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, BN], gl.float32, acc_l), m, c, nk,
+                          rows - (nk - 1) * BK, WHO, True, False, S)
+            c += nk + _wg_nk(offs, t + NPROG, E, NT, BK)   # and the other consumer's next tile
+            out = acc.to(dw.dtype.element_ty)
+            rk = pm * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, acc_l))
+            rn = pn * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
+            msk = (rk < KO)[:, None] & (rn < NO)[None, :]
+            gl.store(dw + e.to(gl.int64) * KO * NO + rk[:, None] * NO + rn[None, :], out, mask=msk)
+            if SQ:   # the stored tile's sum of squares, for the gradient norm (one slot a tile: a deterministic sum later)
+                v = gl.where(msk, out.to(gl.float32), 0.0)
+                gl.store(sq + t, gl.sum(gl.sum(v * v, 1), 0))
+            m += 1
+
+    @gluon.jit
+    def _wgrad_ws_kernel(a_d, b_d, offs, dw, sq, E, KO, NO, NPROG, SQ:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr,
+                         BK:gl.constexpr, S:gl.constexpr):
+        "dw[e] = a[rows of e]ᵀ @ b[rows of e] for every expert (dw (E, KO, NO) contiguous): a loading warp, two consumers."
+        a_bufs = gl.allocate_shared_memory(a_d.dtype, [S, BK, BM], a_d.layout)
+        b_bufs = gl.allocate_shared_memory(b_d.dtype, [S, BK, BN], b_d.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
+        done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(S):
+            mbarrier.init(ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=1)
+        for s in gl.static_range(2): mbarrier.init(done.index(s), count=1)
+        gl.warp_specialize([(_wg_consumer, (dw, sq, offs, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, 0, SQ, BM, BN, BK, S)),
+                            (_wg_consumer, (dw, sq, offs, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, 1, SQ, BM, BN, BK, S)),
+                            (_wg_producer, (a_d, b_d, offs, E, KO, NO, NPROG, ready, empty, a_bufs, b_bufs, BM, BN, BK, S))],
+                           [4, 1], [232, 40])
+
 
 # %% ../nbs/03_experts.ipynb #8205774a
 @triton.jit
@@ -538,6 +630,8 @@ _TMA_STORE = os.environ.get('PITHTRAIN_TMA_STORE', '1') == '1'   # with TMA: fc1
 _WS = os.environ.get('PITHTRAIN_WS', 'graph')   # Hopper's Gluon products: 'graph' (inside a CUDA graph capture), 'always', '0'
 _WS_CFG = (128, 128, 64, 5)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
 _WS_FC1_CFG = (64, 64, 4)   # fc1's (BH, BK, slots), rows per tile _WS_CFG's (one table): h columns a tile, 2·BH accumulated
+_WS_WG_CFG = (128, 128, 64, 6)   # the weight gradients' (BM, BN, BK rows a k-step, slots)
+_WS_WG = os.environ.get('PITHTRAIN_WS_WG', '1') == '1'   # where the Gluon kernels run: the weight gradients too (else Triton)
 
 def _tma_hook(nargs):
     "Autotune pre-hook: give the tensor descriptors (when the launch has them) this configuration's tile shapes."
@@ -556,9 +650,10 @@ def _cfgs(*shapes):
             for m, n, k, w, s, *rest in shapes]
 
 def _bench(fn, quantiles=None): return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
-def _tuned(kernel, cfgs, key):
-    "Autotune `kernel` over `cfgs` keyed on `key` (a quick median-of-runs benchmark per config)."
-    return triton.autotune(configs=cfgs, key=key, do_bench=_bench)(kernel)
+def _tuned(kernel, cfgs, key, reset=None):
+    "Autotune `kernel` over `cfgs` keyed on `key` (a quick median-of-runs benchmark per config); reset: arguments zeroed"
+    " before each trial and the final run (outputs a trial writes only in part)."
+    return triton.autotune(configs=cfgs, key=key, do_bench=_bench, reset_to_zero=reset)(kernel)
 
 _even_k = triton.heuristics({'EVEN_K': lambda a: a['K'] % a['BK'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
 _even_mn = triton.heuristics({'EVEN_M': lambda a: a['KO'] % a['BM'] == 0, 'EVEN_N': lambda a: a['NO'] % a['BN'] == 0})
@@ -574,7 +669,8 @@ _SHAPES = {   # (BM, BN, BK, warps, stages[, TA]) per kernel; the first is the o
 _fc1, _mm, _dh = (_tuned(_even_k(_gmm_kernel), _cfgs(*_SHAPES[n]), _KEY) for n in ('_fc1', '_mm', '_dh'))
 _pmm = _tuned(_pmm_kernel, _cfgs(*_SHAPES['_pmm']), ['K', 'NO', 'MB', 'TW'])
 _PMM_BK = max(c.kwargs['BK'] for c in _pmm.configs)   # K of the (E·K, NO) weight view must be whole K steps
-_wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*_SHAPES['_wg']), ['KO', 'NO', 'MB', 'TMA'])
+_wg = _tuned(_even_mn(_wgrad_kernel), _cfgs(*_SHAPES['_wg']), ['KO', 'NO', 'MB', 'TMA'],
+             reset=['sq'])   # a trial of smaller tiles fills sq slots the chosen tiles never overwrite
 
 # %% ../nbs/03_experts.ipynb #31520db0
 def _mb(n:int)->int: return triton.next_power_of_2(max(n, 1))  # the autotune key's row-count bucket
@@ -708,9 +804,23 @@ def _sq_slots(dw)->torch.Tensor:
     bm, bn = min(c.kwargs['BM'] for c in _wg.configs), min(c.kwargs['BN'] for c in _wg.configs)
     return torch.zeros(E * triton.cdiv(KO, bm) * triton.cdiv(NO, bn), device=dw.device)
 
+def _wgrad_ws(a, b, offs, dw, sq=None):
+    "dw[e] = a[rows of e]ᵀ b[rows of e] by `_wgrad_ws_kernel` (sq: a slot per 128 × 128 tile, as `_sq_slots` makes them)."
+    BM, BN, BK, S = _WS_WG_CFG
+    E, KO, NO = dw.shape
+    dt = getattr(gl, _GL_DT[a.dtype])
+    desc = lambda t, shape: GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
+    n = _nprog(dw.device)
+    _wgrad_ws_kernel[(n,)](desc(a, [BK, BM]), desc(b, [BK, BN]), offs, dw, sq if sq is not None else dw, E, KO, NO, n,
+                           SQ=sq is not None, BM=BM, BN=BN, BK=BK, S=S, num_warps=4, maxnreg=168)
+    return dw
+
 def _wgrad(a, tok, b, offs, dw, db, sq=None):
     "dw[e] = a[rows of e]ᵀ b[rows of e] (a read through tok when given); db[e] = column sums of b; sq (`_sq_slots`): tiles' Σ dw²."
     E, KO, NO = dw.shape
+    if (_WS_WG and tok is None and db is None and b.shape[0] > 0 and dw.is_contiguous() and _tma_ok(a, b)
+            and _ws_ok(a, b, b, None)):
+        return _wgrad_ws(a, b, offs, dw, sq)
     tma = tok is None and b.shape[0] > 0 and _tma_ok(a, b)
     grid = lambda m: (E * triton.cdiv(KO, m['BM']) * triton.cdiv(NO, m['BN']),)
     _wg[grid](a, tok if tok is not None else a, b, offs, dw, db if db is not None else dw, sq if sq is not None else dw,

@@ -137,6 +137,23 @@ def test_wgrad_notes_grad_sq_norm_and_clip_uses_it():
     assert noted_sq_norm(w1) is None and abs(clip_grad_norm_([w1], float('inf')) / w1.grad.norm() - 1) < 1e-5
 
 @pytest.mark.gpu
+def test_wgrad_sq_slots_survive_autotuning(monkeypatch):
+    "While the Triton weight-gradient kernel autotunes, trials with smaller tiles fill sq slots the chosen tiles never"
+    " overwrite: the autotuner zeroes sq before the final run, so the first call's Σ dW² is right."
+    from pithtrain import experts as X
+    monkeypatch.setattr(X, '_AUTOTUNE', True)
+    cfgs = X._cfgs((128, 128, 64, 8, 4, False), (256, 128, 64, 8, 3, False), (128, 256, 64, 8, 3, False))
+    monkeypatch.setattr(X, '_wg', X._tuned(X._even_mn(X._wgrad_kernel), cfgs, ['KO', 'NO', 'MB', 'TMA'], reset=['sq']))
+    monkeypatch.setattr(X, '_WS_WG', False)
+    g = torch.Generator(device='cuda').manual_seed(5)
+    offs = torch.tensor([0, 300, 300, 1000, 1500], device='cuda', dtype=torch.int32)
+    a, b = (torch.randn(1500, n, device='cuda', generator=g).bfloat16() for n in (512, 768))
+    dw = torch.empty(4, 512, 768, device='cuda')
+    sq = X._sq_slots(dw)   # slots for 128 × 128 tiles: more than a 256-wide choice fills
+    X._wgrad(a, None, b, offs, dw, None, sq)
+    assert abs(sq.sum().item() / (dw.double() ** 2).sum().item() - 1) < 1e-5
+
+@pytest.mark.gpu
 @pytest.mark.parametrize('tma', [True, False], ids=['tma', 'pointers'])
 def test_every_config_both_load_paths(tma, monkeypatch):
     "Every autotune configuration of the five kernels, TMA (tensor-descriptor) and pointer loads, routing weights folded in, awkward sizes."
@@ -232,6 +249,35 @@ def test_ws_fc1_against_reference_and_fc1(K, I, roww, monkeypatch):
     ht, gut = torch.empty_like(h), torch.empty_like(gu)
     X._launch(X._fc1, a, None, offs, w, None, ht, gut, K, I, I, w.stride(2), w.stride(1), 1, rw=rw)
     assert _rel(h, ht) < 1e-6 and _rel(gu, gut) < 1e-6
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper_gluon(), reason='the warp-specialised products need Gluon and a Hopper GPU')
+@pytest.mark.parametrize('KO,NO,fp32', [(1024, 1024, True), (192, 136, True), (512, 1024, False), (128, 96, True)])
+def test_ws_wgrad_against_reference_and_triton(KO, NO, fp32, monkeypatch):
+    "The Gluon weight gradients: experts of 0, 1, 63, 64, 65 (k-steps of 64 rows: the last one partial), 200, 1000 rows,"
+    " partial tiles; empty experts exactly zero; equal to the Triton `_wgrad`; tile sums of squares; nothing past dw written."
+    from pithtrain import experts as X
+    sizes = [0, 1, 63, 64, 65, 200, 0, 1000, 5]
+    g = torch.Generator(device='cuda').manual_seed(KO + NO)
+    offs = torch.tensor([0] + sizes, device='cuda').cumsum(0).to(torch.int32)
+    N, E = sum(sizes), len(sizes)
+    a = torch.randn(N, KO, device='cuda', generator=g).bfloat16()
+    b = torch.randn(N, NO, device='cuda', generator=g).bfloat16()
+    dt = torch.float32 if fp32 else torch.bfloat16
+    full = torch.full((E + 1, KO, NO), float('nan'), device='cuda', dtype=dt)
+    dw, sq = full[:E], X._sq_slots(full[:E])
+    X._wgrad_ws(a, b, offs, dw, sq)
+    torch.cuda.synchronize()
+    assert full[E:].isnan().all(), 'a store went past dw'
+    o = offs.tolist()
+    ref = torch.stack([a[o[e]:o[e + 1]].float().T @ b[o[e]:o[e + 1]].float() for e in range(E)])
+    assert _rel(dw, ref) < (1e-5 if fp32 else 1e-2)
+    assert (dw[0] == 0).all() and (dw[6] == 0).all()
+    assert abs(sq.sum().item() / (dw.double() ** 2).sum().item() - 1) < 1e-5
+    monkeypatch.setattr(X, '_WS_WG', False)   # the Triton kernel on the same operands
+    t, tsq = torch.empty_like(dw), X._sq_slots(dw)
+    X._wgrad(a, None, b, offs, t, None, tsq)
+    assert _rel(dw, t) < 1e-6
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper_gluon(), reason='the warp-specialised products need Gluon and a Hopper GPU')

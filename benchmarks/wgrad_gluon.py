@@ -1,0 +1,92 @@
+"""The expert weight gradients dw[e] = a[rows of e]ᵀ b[rows of e] by the warp-specialised Gluon kernel
+(`experts._wgrad_ws_kernel`, `03_experts`) against the Triton `_wgrad` (autotuned), at the end-to-end shapes (dW1: a = the
+gathered x (N, H), b = dgu (N, 2I); dW2: a = h (N, I), b = dy (N, H); fp32 master gradients with their tile sums of
+squares, as the e2e step asks for them): checks and interleaved rounds.
+
+    PYTHONPATH=$PWD python3 benchmarks/wgrad_gluon.py --debug   # GPU: small cases first, each in its own process
+    PYTHONPATH=$PWD python3 benchmarks/wgrad_gluon.py           # GPU: interleaved rounds; $OUT/wgrad_gluon.json
+"""
+import os, sys, json, datetime, statistics
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+import torch
+from pithtrain import experts as X
+
+CFGS = ((128, 128, 64, 6), (128, 128, 32, 10))   # (BM, BN, BK, slots)
+
+def triton_wgrad(a, b, offs, dw, sq):
+    "The library's Triton kernel on the same operands (`PITHTRAIN_WS_WG` off)."
+    was, X._WS_WG = X._WS_WG, False
+    try: return X._wgrad(a, None, b, offs, dw, None, sq)
+    finally: X._WS_WG = was
+
+def gluon_wgrad(a, b, offs, dw, sq, cfg=CFGS[0]):
+    X._WS_WG_CFG = cfg
+    return X._wgrad_ws(a, b, offs, dw, sq)
+
+def rel(x, y): return ((x.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30)).item()
+
+def case(name):
+    "`tiny` (experts of 0, 1, 63, 64, 65, 200, 0, 1000 rows; KO 192, NO 136) or `small` (dW1 at the e2e shape); -bf16: dw in bf16."
+    torch.manual_seed(0)
+    if name.startswith('tiny'):
+        rows, KO, NO = [0, 1, 63, 64, 65, 200, 0, 1000], 192, 136
+        offs = torch.tensor([0] + rows, device='cuda').cumsum(0).to(torch.int32)
+    else:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from experts_sweep import routing
+        plan, offs = routing(16384, 8, 64); KO, NO = 1024, 1024
+    N, E = int(offs[-1]), offs.numel() - 1
+    a, b = torch.randn(N, KO, device='cuda').bfloat16(), torch.randn(N, NO, device='cuda').bfloat16()
+    dt = torch.bfloat16 if name.endswith('bf16') else torch.float32
+    ref = torch.empty(E, KO, NO, device="cuda", dtype=dt)
+    ref_sq = X._sq_slots(ref)
+    triton_wgrad(a, b, offs, ref, ref_sq)
+    dw, sq = torch.full_like(ref, float('nan')), X._sq_slots(ref)
+    gluon_wgrad(a, b, offs, dw, sq); torch.cuda.synchronize()
+    o = offs.tolist()
+    f32 = torch.stack([a[o[e]:o[e + 1]].float().T @ b[o[e]:o[e + 1]].float() for e in range(E)])
+    print(name, 'vs _wgrad', rel(dw, ref), 'vs fp32', rel(dw, f32), 'nan', dw.isnan().sum().item(),
+          'sq', sq.sum().item(), ref_sq.sum().item(), (dw.float() ** 2).sum().item())
+
+def debug():
+    import subprocess
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING='1')
+    for name in ('tiny', 'tiny-bf16', 'small', 'small-bf16'):
+        try:
+            r = subprocess.run([sys.executable, os.path.abspath(__file__), '--case', name], capture_output=True, text=True, timeout=120, env=env)
+            print(f'== {name}: rc {r.returncode}', r.stdout[-600:], r.stderr[-600:], flush=True)
+        except subprocess.TimeoutExpired: print(f'== {name}: TIMEOUT (a hang: barriers)', flush=True)
+
+def main(rounds=4):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import routing, SHAPES, interleaved
+    res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
+               command='python3 benchmarks/wgrad_gluon.py ' + ' '.join(sys.argv[1:]), rows=[])
+    out = os.environ.get('OUT')
+    for sname, (T, k, E, H, I) in SHAPES.items():
+        plan, offs = routing(T, k, E)
+        N = plan.token_idx.numel()
+        for gname, KO, NO in (('dW1', H, 2 * I), ('dW2', I, H)):
+            a, b = torch.randn(N, KO, device='cuda').bfloat16(), torch.randn(N, NO, device='cuda').bfloat16()
+            ref = torch.empty(E, KO, NO, device='cuda')
+            rsq = X._sq_slots(ref)
+            triton_wgrad(a, b, offs, ref, rsq)
+            fns = {'_wgrad': lambda: triton_wgrad(a, b, offs, ref, rsq.zero_())}
+            for cfg in CFGS:
+                dw, sq = torch.empty_like(ref), X._sq_slots(ref)
+                gluon_wgrad(a, b, offs, dw, sq, cfg); torch.cuda.synchronize()
+                res['rows'].append(dict(shape=sname, grad=gname, cfg=cfg, err=rel(dw, ref), sq_err=abs(sq.sum().item() / rsq.sum().item() - 1)))
+                print(res['rows'][-1], flush=True)
+                fns[f'gluon {cfg}'] = lambda cfg=cfg, dw=dw, sq=sq: gluon_wgrad(a, b, offs, dw, sq.zero_(), cfg)
+            ts = interleaved(fns, rounds, rep=30)
+            for n in fns:
+                md = statistics.median(ts[n])
+                res['rows'].append(dict(shape=sname, grad=gname, kernel=n, us_median=round(md, 1),
+                                        tflops=round(2 * N * KO * NO / md / 1e6, 1), us=[round(t, 1) for t in ts[n]]))
+                print(res['rows'][-1], flush=True)
+            if out: json.dump(res, open(os.path.join(out, 'wgrad_gluon.json'), 'w'), indent=1)
+
+if __name__ == '__main__':
+    if '--case' in sys.argv: case(sys.argv[sys.argv.index('--case') + 1])
+    elif '--debug' in sys.argv: debug()
+    else: main()
