@@ -799,9 +799,10 @@ def _dgu(dy, offs, w2c, gu, oai, inter, alpha, limit, rw=None, need_drw=False, t
     return dgu, drw
 
 def _sq_slots(dw)->torch.Tensor:
-    "Zeroed fp32 slots for `_wgrad`'s per-program sums of squares: enough for its smallest tiles."
+    "Zeroed fp32 slots for `_wgrad`'s per-tile sums of squares: enough for the smallest tiles of either kernel."
     E, KO, NO = dw.shape
-    bm, bn = min(c.kwargs['BM'] for c in _wg.configs), min(c.kwargs['BN'] for c in _wg.configs)
+    bm = min([c.kwargs['BM'] for c in _wg.configs] + [_WS_WG_CFG[0]])
+    bn = min([c.kwargs['BN'] for c in _wg.configs] + [_WS_WG_CFG[1]])
     return torch.zeros(E * triton.cdiv(KO, bm) * triton.cdiv(NO, bn), device=dw.device)
 
 def _wgrad_ws(a, b, offs, dw, sq=None):
