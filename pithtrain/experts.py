@@ -395,13 +395,8 @@ if _GLUON:
         tma.store_wait(0)
 
     @gluon.jit
-    def _ws_smem(a_d, w_d, c_d, B0:gl.constexpr, B1:gl.constexpr, NC:gl.constexpr, S:gl.constexpr):
-        "The shared memory of both kernels: S slots of A and of B ((B0, B1): fc1's two halves side by side), NC output"
-        " buffers, and the ring's mbarriers (ready, empty) and the consumers' turns (done), initialised."
-        b_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([B0, B1], w_d.dtype)
-        a_bufs = gl.allocate_shared_memory(a_d.dtype, [S] + a_d.block_type.shape, a_d.layout)
-        b_bufs = gl.allocate_shared_memory(w_d.dtype, [S, B0, B1], b_lay)
-        c_bufs = gl.allocate_shared_memory(c_d.dtype, [NC] + c_d.block_type.shape, c_d.layout)
+    def _ws_barriers(S:gl.constexpr):
+        "The ring's mbarriers (ready, empty: S each) and the consumers' turns (done: 2), initialised."
         ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
         done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -409,6 +404,17 @@ if _GLUON:
             mbarrier.init(ready.index(s), count=1)
             mbarrier.init(empty.index(s), count=1)
         for s in gl.static_range(2): mbarrier.init(done.index(s), count=1)
+        return ready, empty, done
+
+    @gluon.jit
+    def _ws_smem(a_d, w_d, c_d, B0:gl.constexpr, B1:gl.constexpr, NC:gl.constexpr, S:gl.constexpr):
+        "The shared memory of the products' and fc1's kernels: S slots of A and of B ((B0, B1): fc1's two halves side by"
+        " side), NC output buffers, and `_ws_barriers`."
+        b_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([B0, B1], w_d.dtype)
+        a_bufs = gl.allocate_shared_memory(a_d.dtype, [S] + a_d.block_type.shape, a_d.layout)
+        b_bufs = gl.allocate_shared_memory(w_d.dtype, [S, B0, B1], b_lay)
+        c_bufs = gl.allocate_shared_memory(c_d.dtype, [NC] + c_d.block_type.shape, c_d.layout)
+        ready, empty, done = _ws_barriers(S)
         return a_bufs, b_bufs, c_bufs, ready, empty, done
 
     @gluon.jit
@@ -534,13 +540,7 @@ if _GLUON:
         "dw[e] = a[rows of e]ᵀ @ b[rows of e] for every expert (dw (E, KO, NO) contiguous): a loading warp, two consumers."
         a_bufs = gl.allocate_shared_memory(a_d.dtype, [S, BK, BM], a_d.layout)
         b_bufs = gl.allocate_shared_memory(b_d.dtype, [S, BK, BN], b_d.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
-        done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        for s in gl.static_range(S):
-            mbarrier.init(ready.index(s), count=1)
-            mbarrier.init(empty.index(s), count=1)
-        for s in gl.static_range(2): mbarrier.init(done.index(s), count=1)
+        ready, empty, done = _ws_barriers(S)
         gl.warp_specialize([(_wg_consumer, (dw, sq, offs, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, 0, SQ, BM, BN, BK, S)),
                             (_wg_consumer, (dw, sq, offs, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, 1, SQ, BM, BN, BK, S)),
                             (_wg_producer, (a_d, b_d, offs, E, KO, NO, NPROG, ready, empty, a_bufs, b_bufs, BM, BN, BK, S))],
