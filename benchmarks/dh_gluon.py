@@ -59,7 +59,8 @@ def _ws_dh_consumer(dg_d, du_d, g_d, u_d, dgu, rw, drw, table, K, I, NR, NPROG, 
         mbarrier.expect(bar, 2 * g_d.block_type.nbytes)
         tma.async_copy_global_to_shared(g_d, [row0, pn * BN], bar, gb)
         tma.async_copy_global_to_shared(u_d, [row0, pn * BN], bar, ub)
-        acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, BN], gl.float32, acc_l), m, nk, WHO, True, S)
+        acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, BN], gl.float32, acc_l), m, (2 * m + WHO) * nk, nk, 0,
+                      WHO, False, True, S)
         d2 = _halves(acc.to(dgu.dtype.element_ty))   # dh as the plain product stores it: the numbers of the split path
         mbarrier.wait(bar, m & 1)
         g2, u2 = _halves(gb.load(acc_l)), _halves(ub.load(acc_l))
