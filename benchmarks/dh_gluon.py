@@ -179,13 +179,9 @@ def case(name):
     print(name, 'dgu rel err', rel(out, ref), 'nan', out.isnan().sum().item(), 'drw rel err', rel(drw, drw_ref))
 
 def debug():
-    import subprocess
-    env = dict(os.environ, CUDA_LAUNCH_BLOCKING='1')
-    for name in ('tiny', 'tiny-rw', 'small', 'small-rw'):
-        try:
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), '--case', name], capture_output=True, text=True, timeout=90, env=env)
-            print(f'== {name}: rc {r.returncode}', r.stdout[-600:], r.stderr[-600:], flush=True)
-        except subprocess.TimeoutExpired: print(f'== {name}: TIMEOUT (a hang: barriers)', flush=True)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import isolated_cases
+    isolated_cases(__file__, ('tiny', 'tiny-rw', 'small', 'small-rw'))
 
 def main(rounds=5):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -51,6 +51,18 @@ def interleaved(fns:dict, rounds:int, rep:int=40)->dict:
         for n, f in fns.items(): ts[n].append(do_bench(f, warmup=5, rep=rep, return_mode='median') * 1e3)
     return ts
 
+def isolated_cases(script:str, names, timeout:int=90, tail:int=600, tail_err:int|None=None):
+    """Run `script --case NAME` for each name in a process of its own (CUDA_LAUNCH_BLOCKING=1: a failed launch poisons
+    only its own CUDA context) and print each one's exit code and the end of its output; a timeout reads as a hang."""
+    import subprocess
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING='1')
+    for name in names:
+        try:
+            r = subprocess.run([sys.executable, os.path.abspath(script), '--case', name], capture_output=True, text=True,
+                               timeout=timeout, env=env)
+            print(f'== {name}: rc {r.returncode}', r.stdout[-tail:], r.stderr[-(tail_err or tail):], flush=True)
+        except subprocess.TimeoutExpired: print(f'== {name}: TIMEOUT (a hang: barriers)', flush=True)
+
 def dh_split():
     "Time `_dgu` both ways (autotuned) at both shapes; print the summed winner."
     dev, bf = 'cuda', torch.bfloat16

@@ -78,13 +78,9 @@ def case(name):
     print(name, 'h rel err', rel(h, hr), 'gu rel err', rel(gu, gr), 'nan', h.isnan().sum().item(), gu.isnan().sum().item())
 
 def debug():
-    import subprocess
-    env = dict(os.environ, CUDA_LAUNCH_BLOCKING='1')
-    for name in ('tiny', 'tiny-rw', 'small', 'small-rw'):
-        try:
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), '--case', name], capture_output=True, text=True, timeout=90, env=env)
-            print(f'== {name}: rc {r.returncode}', r.stdout[-800:], r.stderr[-800:], flush=True)
-        except subprocess.TimeoutExpired: print(f'== {name}: TIMEOUT (a hang: barriers)', flush=True)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import isolated_cases
+    isolated_cases(__file__, ('tiny', 'tiny-rw', 'small', 'small-rw'), tail=800)
 
 def main(rounds=5):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -110,14 +110,11 @@ def case(name):
     print(name, 'rel err', ((c.float() - ref).norm() / ref.norm()).item(), 'nan', c.isnan().sum().item())
 
 def debug():
-    import subprocess, shutil
+    import shutil
     print('compute-sanitizer:', shutil.which('compute-sanitizer'), flush=True)
-    env = dict(os.environ, CUDA_LAUNCH_BLOCKING='1')
-    for name in ('table', 'tiny-notw', 'tiny-tw', 'small-notw', 'small-tw'):
-        try:
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), '--case', name], capture_output=True, text=True, timeout=90, env=env)
-            print(f'== {name}: rc {r.returncode}', r.stdout[-1500:], r.stderr[-1200:], flush=True)
-        except subprocess.TimeoutExpired: print(f'== {name}: TIMEOUT (a hang: barriers)', flush=True)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import isolated_cases
+    isolated_cases(__file__, ('table', 'tiny-notw', 'tiny-tw', 'small-notw', 'small-tw'), tail=1500, tail_err=1200)
 
 if __name__ == '__main__':
     if '--compile-only' in sys.argv: compile_only()

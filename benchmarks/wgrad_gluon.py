@@ -49,13 +49,9 @@ def case(name):
           'sq', sq.sum().item(), ref_sq.sum().item(), (dw.float() ** 2).sum().item())
 
 def debug():
-    import subprocess
-    env = dict(os.environ, CUDA_LAUNCH_BLOCKING='1')
-    for name in ('tiny', 'tiny-bf16', 'small', 'small-bf16'):
-        try:
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), '--case', name], capture_output=True, text=True, timeout=120, env=env)
-            print(f'== {name}: rc {r.returncode}', r.stdout[-600:], r.stderr[-600:], flush=True)
-        except subprocess.TimeoutExpired: print(f'== {name}: TIMEOUT (a hang: barriers)', flush=True)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import isolated_cases
+    isolated_cases(__file__, ('tiny', 'tiny-bf16', 'small', 'small-bf16'), timeout=120)
 
 def main(rounds=4):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
