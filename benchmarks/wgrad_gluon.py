@@ -5,6 +5,7 @@ squares, as the e2e step asks for them): checks and interleaved rounds.
 
     PYTHONPATH=$PWD python3 benchmarks/wgrad_gluon.py --debug   # GPU: small cases first, each in its own process
     PYTHONPATH=$PWD python3 benchmarks/wgrad_gluon.py           # GPU: interleaved rounds; $OUT/wgrad_gluon.json
+    PYTHONPATH=$PWD python3 benchmarks/wgrad_gluon.py --real    # GPU: at a real step's routing; $OUT/wgrad_gluon-real.json
 """
 import os, sys, json, datetime, statistics
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
@@ -82,7 +83,53 @@ def main(rounds=4):
                 print(res['rows'][-1], flush=True)
             if out: json.dump(res, open(os.path.join(out, 'wgrad_gluon.json'), 'w'), indent=1)
 
+def real(presets=('small', 'qwen3-30b-a3b-6l'), rounds=3):
+    """At the routing of a real training step (the e2e bench's eager step, its third): every layer's two weight gradients,
+    the Triton `_wgrad` against the Gluon kernel with its tiles in expert order and in `expert_order` (the default)."""
+    from pithtrain.bench import pithtrain_step, BATCH
+    from pithtrain.qwen3_moe import Qwen3MoEConfig
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import interleaved
+    res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
+               command='python3 benchmarks/wgrad_gluon.py ' + ' '.join(sys.argv[1:]), rows=[])
+    out, orig = os.environ.get('OUT'), X._wgrad
+    for p in presets:
+        c = Qwen3MoEConfig.preset(p); B, S = BATCH[p]
+        model, opt, step = pithtrain_step(c, B, S, torch.device('cuda'))
+        calls = []
+        def rec(a, tok, b, offs, dw, db, sq=None):
+            if tok is None and db is None: calls.append((a.clone(), b.clone(), offs.clone(), dw.shape, dw.dtype))
+            return orig(a, tok, b, offs, dw, db, sq)
+        for i in range(3):
+            X._wgrad = rec if i == 2 else orig
+            step()
+        X._wgrad = orig
+        del model, opt, step; torch.cuda.empty_cache()
+        tot = {}
+        for i, (a, b, offs, shape, dt) in enumerate(calls):
+            rows = offs.diff().float()
+            dw = torch.empty(shape, device='cuda', dtype=dt)
+            sq = X._sq_slots(dw)
+            ref, rsq = torch.empty_like(dw), torch.zeros_like(sq)
+            triton_wgrad(a, b, offs, ref, rsq)
+            nat = torch.arange(shape[0], device='cuda', dtype=torch.int32)
+            fns = {'_wgrad': lambda: triton_wgrad(a, b, offs, ref, rsq.zero_()),
+                   'gluon expert order': lambda: X._wgrad_ws(a, b, offs, dw, sq.zero_(), order=nat),
+                   'gluon most rows first': lambda: X._wgrad_ws(a, b, offs, dw, sq.zero_())}
+            X._wgrad_ws(a, b, offs, dw, sq.zero_()); torch.cuda.synchronize()
+            ts = {n: statistics.median(v) for n, v in interleaved(fns, rounds, rep=30).items()}
+            for n, v in ts.items(): tot[n] = tot.get(n, 0.0) + v
+            r = dict(preset=p, call=i, shape=list(shape), rows_max_over_mean=round((rows.max() / rows.mean()).item(), 3),
+                     rows_cv=round((rows.std() / rows.mean()).item(), 3), err=rel(dw, ref),
+                     us={n: round(v, 1) for n, v in ts.items()})
+            res['rows'].append(r); print(r, flush=True)
+        res['rows'].append(dict(preset=p, calls=len(calls), total_us={n: round(v, 1) for n, v in tot.items()}))
+        print(res['rows'][-1], flush=True)
+        del calls; torch.cuda.empty_cache()
+        if out: json.dump(res, open(os.path.join(out, 'wgrad_gluon-real.json'), 'w'), indent=1)
+
 if __name__ == '__main__':
-    if '--case' in sys.argv: case(sys.argv[sys.argv.index('--case') + 1])
+    if '--real' in sys.argv: real()
+    elif '--case' in sys.argv: case(sys.argv[sys.argv.index('--case') + 1])
     elif '--debug' in sys.argv: debug()
     else: main()

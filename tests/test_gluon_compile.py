@@ -23,7 +23,7 @@ out['_fc1_ws_kernel'] = sm90(X._fc1_ws_kernel, dict(a_d=d([BM, BK]), w_d=d([BK, 
        u_d=d([BM, BH]), h='*bf16', gu='*bf16', rw='*fp32', table='*i32', K='i32', I='i32', NPROG='i32',
        **c('ROWW BM BH BK S'.split())), dict(ROWW=True, BM=BM, BH=BH, BK=BK, S=S))
 BM, BN, BK, S = X._WS_WG_CFG
-out['_wgrad_ws_kernel'] = sm90(X._wgrad_ws_kernel, dict(a_d=d([BK, BM]), b_d=d([BK, BN]), offs='*i32', dw='*fp32', sq='*fp32',
+out['_wgrad_ws_kernel'] = sm90(X._wgrad_ws_kernel, dict(a_d=d([BK, BM]), b_d=d([BK, BN]), offs='*i32', order='*i32', dw='*fp32', sq='*fp32',
        E='i32', KO='i32', NO='i32', NPROG='i32', **c('SQ BM BN BK S'.split())), dict(SQ=True, BM=BM, BN=BN, BK=BK, S=S))
 print(json.dumps(out))
 '''
