@@ -274,6 +274,9 @@ def test_ws_wgrad_against_reference_and_triton(KO, NO, fp32, monkeypatch):
     assert _rel(dw, ref) < (1e-5 if fp32 else 1e-2)
     assert (dw[0] == 0).all() and (dw[6] == 0).all()
     assert abs(sq.sum().item() / (dw.double() ** 2).sum().item() - 1) < 1e-5
+    d2, sq2 = torch.empty_like(dw), X._sq_slots(dw)   # tiles in plain expert order instead of `expert_order`'s
+    X._wgrad_ws(a, b, offs, d2, sq2, order=torch.arange(E, device='cuda', dtype=torch.int32))
+    assert torch.equal(d2, dw) and torch.equal(sq2, sq), 'the tile order changed the gradients or their slots'
     monkeypatch.setattr(X, '_WS_WG', False)   # the Triton kernel on the same operands
     t, tsq = torch.empty_like(dw), X._sq_slots(dw)
     X._wgrad(a, None, b, offs, t, None, tsq)
