@@ -83,9 +83,12 @@ def main(rounds=4):
                 print(res['rows'][-1], flush=True)
             if out: json.dump(res, open(os.path.join(out, 'wgrad_gluon.json'), 'w'), indent=1)
 
+DEALS = (('expert order', 0), ('expert order', 1), ('most rows first', 0), ('most rows first', 1), ('most rows first', 2))
+
 def real(presets=('small', 'qwen3-30b-a3b-6l'), rounds=3):
     """At the routing of a real training step (the e2e bench's eager step, its third): every layer's two weight gradients,
-    the Triton `_wgrad` against the Gluon kernel with its tiles in expert order and in `expert_order` (the default)."""
+    the Triton `_wgrad` against the Gluon kernel with its tiles in expert order or in `expert_order` (most rows first),
+    their rounds dealt in turn (deal 0) or in alternate directions every `deal` rounds."""
     from pithtrain.bench import pithtrain_step, BATCH
     from pithtrain.qwen3_moe import Qwen3MoEConfig
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -113,9 +116,10 @@ def real(presets=('small', 'qwen3-30b-a3b-6l'), rounds=3):
             ref, rsq = torch.empty_like(dw), torch.zeros_like(sq)
             triton_wgrad(a, b, offs, ref, rsq)
             nat = torch.arange(shape[0], device='cuda', dtype=torch.int32)
-            fns = {'_wgrad': lambda: triton_wgrad(a, b, offs, ref, rsq.zero_()),
-                   'gluon expert order': lambda: X._wgrad_ws(a, b, offs, dw, sq.zero_(), order=nat),
-                   'gluon most rows first': lambda: X._wgrad_ws(a, b, offs, dw, sq.zero_())}
+            fns = {'_wgrad': lambda: triton_wgrad(a, b, offs, ref, rsq.zero_())}
+            for oname, deal in DEALS:   # the tiles in plain expert order or most rows first, rounds dealt snaking every `deal`
+                fns[f'gluon {oname} deal {deal}'] = lambda o=nat if oname == 'expert order' else None, d=deal: \
+                    X._wgrad_ws(a, b, offs, dw, sq.zero_(), order=o, deal=d)
             X._wgrad_ws(a, b, offs, dw, sq.zero_()); torch.cuda.synchronize()
             ts = {n: statistics.median(v) for n, v in interleaved(fns, rounds, rep=30).items()}
             for n, v in ts.items(): tot[n] = tot.get(n, 0.0) + v

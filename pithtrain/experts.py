@@ -484,32 +484,37 @@ if _GLUON:
                            [4, 1], [232, 40])
 
     @gluon.jit
-    def _wg_rounds(E, NT, NPROG):
-        "How many weight-gradient tiles this program takes: one a round of NPROG tiles, and one of the last, partial round"
-        " when its place in that round (`_wg_tile`) falls inside it."
-        F = E * NT // NPROG
+    def _wg_place(j, NPROG, DEAL:gl.constexpr):
+        "This program's place in round j of the weight-gradient tiles: pid, or NPROG − 1 − pid in every other DEAL rounds."
         p = gl.program_id(0)
-        return F + (gl.where(F % 2 == 0, p, NPROG - 1 - p) < E * NT % NPROG).to(gl.int32)
+        if DEAL == 0: return p
+        else: return gl.where(j // DEAL % 2 == 0, p, NPROG - 1 - p)
 
     @gluon.jit
-    def _wg_tile(order, offs, j, nj, E, NT, NPROG):
-        "This program's j-th weight-gradient tile, snaking over the tiles of the experts in `order` (most rows first):"
-        " tile j·NPROG + pid for even j, j·NPROG + NPROG − 1 − pid for odd. (expert, its tile, rows; 0 rows for j ≥ nj)."
-        p = gl.program_id(0)
-        t = j * NPROG + gl.where(j % 2 == 0, p, NPROG - 1 - p)
+    def _wg_rounds(E, NT, NPROG, DEAL:gl.constexpr):
+        "How many weight-gradient tiles this program takes: one a round of NPROG tiles, and one of the last, partial round"
+        " when its place in that round falls inside it."
+        F = E * NT // NPROG
+        return F + (_wg_place(F, NPROG, DEAL) < E * NT % NPROG).to(gl.int32)
+
+    @gluon.jit
+    def _wg_tile(order, offs, j, nj, E, NT, NPROG, DEAL:gl.constexpr):
+        "This program's j-th weight-gradient tile over the tiles of the experts in `order` (most rows first), dealt in"
+        " rounds of NPROG tiles, snaking every DEAL rounds (`_wg_place`). (expert, its tile, rows; 0 rows for j ≥ nj)."
+        t = j * NPROG + _wg_place(j, NPROG, DEAL)
         e = gl.load(order + gl.minimum(t // NT, E - 1))
         return e, t % NT, gl.where(j < nj, gl.load(offs + e + 1) - gl.load(offs + e), 0)
 
     @gluon.jit
     def _wg_producer(a_d, b_d, offs, order, E, KO, NO, NPROG, ready, empty, a_bufs, b_bufs, BM:gl.constexpr,
-                     BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+                     BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, DEAL:gl.constexpr):
         "One warp: per tile (expert, KO block, NO block) the expert's rows BK at a time, of a's and b's column blocks."
         nn = gl.cdiv(NO, BN)
         NT = gl.cdiv(KO, BM) * nn
-        nj = _wg_rounds(E, NT, NPROG)
+        nj = _wg_rounds(E, NT, NPROG, DEAL)
         c = 0
         for j in range(nj):
-            e, r, rows = _wg_tile(order, offs, j, nj, E, NT, NPROG)
+            e, r, rows = _wg_tile(order, offs, j, nj, E, NT, NPROG, DEAL)
             pm, pn = r // nn, r % nn
             lo = gl.load(offs + e)
             for k in range(gl.cdiv(rows, BK)):
@@ -522,22 +527,22 @@ if _GLUON:
 
     @gluon.jit
     def _wg_consumer(dw, sq, offs, order, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, WHO:gl.constexpr,
-                     SQ:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+                     SQ:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, DEAL:gl.constexpr):
         "One warpgroup: dw[e] tiles WHO, WHO + 2, … of this program (empty experts' tiles zero); SQ: each tile's Σ dw² in"
         " sq[its index in expert order]."
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
         nn = gl.cdiv(NO, BN)
         NT = gl.cdiv(KO, BM) * nn
-        nj = _wg_rounds(E, NT, NPROG)
-        c = 0 if WHO == 0 else gl.cdiv(_wg_tile(order, offs, 0, nj, E, NT, NPROG)[2], BK)   # ring position: k-steps before
+        nj = _wg_rounds(E, NT, NPROG, DEAL)
+        c = 0 if WHO == 0 else gl.cdiv(_wg_tile(order, offs, 0, nj, E, NT, NPROG, DEAL)[2], BK)   # ring position: k-steps before
         m = 0
         for j in range(WHO, nj, 2):
-            e, r, rows = _wg_tile(order, offs, j, nj, E, NT, NPROG)
+            e, r, rows = _wg_tile(order, offs, j, nj, E, NT, NPROG, DEAL)
             pm, pn = r // nn, r % nn
             nk = gl.cdiv(rows, BK)
             acc = _ws_mma(ready, empty, done, a_bufs, b_bufs, gl.zeros([BM, BN], gl.float32, acc_l), m, c, nk,
                           rows - (nk - 1) * BK, WHO, True, False, S)
-            c += nk + gl.cdiv(_wg_tile(order, offs, j + 1, nj, E, NT, NPROG)[2], BK)   # and the other consumer's next tile
+            c += nk + gl.cdiv(_wg_tile(order, offs, j + 1, nj, E, NT, NPROG, DEAL)[2], BK)   # and the other one's next tile
             out = acc.to(dw.dtype.element_ty)
             rk = pm * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, acc_l))
             rn = pn * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
@@ -550,17 +555,18 @@ if _GLUON:
 
     @gluon.jit
     def _wgrad_ws_kernel(a_d, b_d, offs, order, dw, sq, E, KO, NO, NPROG, SQ:gl.constexpr, BM:gl.constexpr,
-                         BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+                         BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, DEAL:gl.constexpr):
         "dw[e] = a[rows of e]ᵀ @ b[rows of e] for every expert (dw (E, KO, NO) contiguous), tiles in `order` of experts:"
         " a loading warp, two consumers."
         a_bufs = gl.allocate_shared_memory(a_d.dtype, [S, BK, BM], a_d.layout)
         b_bufs = gl.allocate_shared_memory(b_d.dtype, [S, BK, BN], b_d.layout)
         ready, empty, done = _ws_barriers(S)
         gl.warp_specialize([(_wg_consumer, (dw, sq, offs, order, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, 0, SQ,
-                                            BM, BN, BK, S)),
+                                            BM, BN, BK, S, DEAL)),
                             (_wg_consumer, (dw, sq, offs, order, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, 1, SQ,
-                                            BM, BN, BK, S)),
-                            (_wg_producer, (a_d, b_d, offs, order, E, KO, NO, NPROG, ready, empty, a_bufs, b_bufs, BM, BN, BK, S))],
+                                            BM, BN, BK, S, DEAL)),
+                            (_wg_producer, (a_d, b_d, offs, order, E, KO, NO, NPROG, ready, empty, a_bufs, b_bufs, BM, BN, BK, S,
+                                            DEAL))],
                            [4, 1], [232, 40])
 
 
@@ -648,6 +654,7 @@ _WS = os.environ.get('PITHTRAIN_WS', 'graph')   # Hopper's Gluon products: 'grap
 _WS_CFG = (128, 128, 64, 5)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
 _WS_FC1_CFG = (64, 64, 4)   # fc1's (BH, BK, slots), rows per tile _WS_CFG's (one table): h columns a tile, 2·BH accumulated
 _WS_WG_CFG = (128, 128, 64, 6)   # the weight gradients' (BM, BN, BK rows a k-step, slots)
+_WS_WG_DEAL = 1   # their rounds of tiles dealt in alternate directions every DEAL rounds (0: always pid first)
 _WS_WG = os.environ.get('PITHTRAIN_WS_WG', '1') == '1'   # where the Gluon kernels run: the weight gradients too (else Triton)
 
 def _tma_hook(nargs):
@@ -844,7 +851,7 @@ def expert_order(offs:torch.Tensor # (E+1,) int32 row offsets of the experts
     _expert_order_kernel[(1,)](offs, order, E, EP2=EP2, BJ=max(1, min(EP2, 8192 // EP2)))
     return order
 
-def _wgrad_ws(a, b, offs, dw, sq=None, order=None):
+def _wgrad_ws(a, b, offs, dw, sq=None, order=None, deal=None):
     "dw[e] = a[rows of e]ᵀ b[rows of e] by `_wgrad_ws_kernel` (sq: a slot per 128 × 128 tile, as `_sq_slots` makes them;"
     " order: the experts' tile order, `expert_order(offs)` by default)."
     BM, BN, BK, S = _WS_WG_CFG
@@ -854,7 +861,7 @@ def _wgrad_ws(a, b, offs, dw, sq=None, order=None):
     n = _nprog(dw.device)
     _wgrad_ws_kernel[(n,)](desc(a, [BK, BM]), desc(b, [BK, BN]), offs, expert_order(offs) if order is None else order, dw,
                            sq if sq is not None else dw, E, KO, NO, n, SQ=sq is not None, BM=BM, BN=BN, BK=BK, S=S,
-                           num_warps=4, maxnreg=168)
+                           DEAL=_WS_WG_DEAL if deal is None else deal, num_warps=4, maxnreg=168)
     return dw
 
 def _wgrad(a, tok, b, offs, dw, db, sq=None):

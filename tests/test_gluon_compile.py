@@ -24,7 +24,8 @@ out['_fc1_ws_kernel'] = sm90(X._fc1_ws_kernel, dict(a_d=d([BM, BK]), w_d=d([BK, 
        **c('ROWW BM BH BK S'.split())), dict(ROWW=True, BM=BM, BH=BH, BK=BK, S=S))
 BM, BN, BK, S = X._WS_WG_CFG
 out['_wgrad_ws_kernel'] = sm90(X._wgrad_ws_kernel, dict(a_d=d([BK, BM]), b_d=d([BK, BN]), offs='*i32', order='*i32', dw='*fp32', sq='*fp32',
-       E='i32', KO='i32', NO='i32', NPROG='i32', **c('SQ BM BN BK S'.split())), dict(SQ=True, BM=BM, BN=BN, BK=BK, S=S))
+       E='i32', KO='i32', NO='i32', NPROG='i32', **c('SQ BM BN BK S DEAL'.split())),
+       dict(SQ=True, BM=BM, BN=BN, BK=BK, S=S, DEAL=X._WS_WG_DEAL))
 print(json.dumps(out))
 '''
 
