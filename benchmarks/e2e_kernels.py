@@ -23,6 +23,7 @@ ap.add_argument('--steps', type=int, default=3)
 ap.add_argument('--rows', type=int, default=45)
 ap.add_argument('--cpu-smoke', action='store_true')
 ap.add_argument('--cpu-rows', type=int, default=0, help='also list the ops with the most self CPU time (host overhead)')
+ap.add_argument('--gaps', type=int, default=0, help='also bucket the idle gaps between kernels and list this many of the largest')
 ap.add_argument('--by-op', type=int, default=0, help='also list this many (kernel, launching ops, shapes) rows (no --graph: a replay has no ops)')
 a = ap.parse_args()
 dev = torch.device('cpu' if a.cpu_smoke else 'cuda')
@@ -45,8 +46,9 @@ def union(iv):
         if un and s0 <= un[-1][1]: un[-1][1] = max(un[-1][1], s1)
         else: un.append([s0, s1])
     return un
-ks = [(e.time_range.start, e.time_range.end, 'adamw' in e.name) for e in p.events()
+kn = [(e.time_range.start, e.time_range.end, e.name) for e in p.events()
       if e.device_type.name == 'CUDA' and not e.name.startswith(ANNOT)] if dev.type == 'cuda' else []
+ks = [(s0, s1, 'adamw' in n) for s0, s1, n in kn]
 # GPU busy time: the union of the kernels' intervals (what is left of the wall time is idle GPU)
 busy = sum(s1 - s0 for s0, s1 in union((s0, s1) for s0, s1, _ in ks)) / a.steps / 1e3
 hidden = ''   # with --overlap: how much of the AdamW kernels' time ran beside other kernels
@@ -72,6 +74,16 @@ if a.cpu_rows:
     cpu = sum(e.self_cpu_time_total for e in cev) / a.steps / 1e3
     lines += ['', f"host: self CPU time {cpu:.1f} ms/step (profiler-inflated)", f"{'ms/step':>8} {'calls':>6}  op"]
     lines += [f"{e.self_cpu_time_total / a.steps / 1e3:8.2f} {e.count // a.steps:6d}  {e.key[:120]}" for e in cev[:a.cpu_rows]]
+if a.gaps and kn:   # idle GPU between kernels: many short ones are launch latency inside the graph, long ones the host
+    kn.sort(); gaps, end, last = [], kn[0][1], kn[0][2]
+    for s0, s1, n in kn[1:]:
+        if s0 > end: gaps.append((s0 - end, last, n))
+        if s1 >= end: end, last = s1, n
+    lines += ['', f"idle gaps between kernels over {a.steps} steps (µs; ms/step per bucket)"]
+    for lo, hi in ((0, 2), (2, 5), (5, 20), (20, 100), (100, float('inf'))):
+        g = [d for d, _, _ in gaps if lo <= d < hi]
+        lines.append(f"  [{lo}, {hi}) µs: {len(g) // a.steps:6d} a step, {sum(g) / a.steps / 1e3:6.2f} ms/step")
+    lines += [f"{d:9.1f} µs  after {x[:70]}  before {y[:70]}" for d, x, y in sorted(gaps, reverse=True)[:a.gaps]]
 if a.by_op:   # which op launched each kernel: its name, two enclosing ops and its input shapes
     from collections import defaultdict
     agg = defaultdict(lambda: [0.0, 0])
