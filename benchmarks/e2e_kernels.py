@@ -96,6 +96,9 @@ if a.by_op:   # which op launched each kernel: its name, two enclosing ops and i
     lines += ['', f"{'ms/step':>8} {'calls':>6}  kernel | launched by < parents | input shapes"]
     for (kn, ch, sh), (us, n) in sorted(agg.items(), key=lambda kv: -kv[1][0])[:a.by_op]:
         lines.append(f"{us / a.steps / 1e3:8.3f} {n // a.steps:6d}  {kn} | {ch[:140]} | {sh}")
+    lines += ['', 'memsets and copies (each one a node of a captured graph):']
+    lines += [f"{us / a.steps / 1e3:8.3f} {n // a.steps:6d}  {kn} | {ch[:140]} | {sh}"
+              for (kn, ch, sh), (us, n) in sorted(agg.items(), key=lambda kv: -kv[1][1]) if kn.startswith(('Memset', 'Memcpy', 'memcpy'))]
 txt = '\n'.join(lines); print(txt)
 out = os.environ.get('OUT')
 if out: open(os.path.join(out, f'e2e_kernels-{a.preset}{"-compile" if a.compile else ""}{"-graph" if a.graph else ""}{"-overlap" if a.overlap else ""}.txt'), 'w').write(txt + '\n')
