@@ -351,7 +351,7 @@ def _mm(a:torch.Tensor, b:torch.Tensor, dt:torch.dtype, acc:torch.Tensor|None=No
     if not a.is_cuda:
         r = torch.mm(a.float(), b.float())
         return (r if acc is None else r + acc.float()).to(dt)
-    if acc is not None and acc.dtype == a.dtype == dt: return torch.addmm(acc, a, b)   # acc read in the GEMM's epilogue
+    if acc is not None and acc.dtype == a.dtype == dt: return acc.addmm_(a, b)   # into acc, read in the GEMM's epilogue: no copy of it
     r = torch.mm(a, b) if dt == a.dtype else torch.mm(a, b, out_dtype=dt)
     return r if acc is None else r + acc
 
@@ -390,7 +390,7 @@ def split_grads(dl:torch.Tensor,  # (T, E) fp32 gradient of the logits
                 x:torch.Tensor,   # (T, H) bf16 tokens of the forward
                 dx_dtype:torch.dtype|None=None, # dtype of dX (x's by default)
                 need_dx:bool=True, need_dw:bool=True,
-                acc:torch.Tensor|None=None # (T, H): added to dX (in the GEMM when it has dX's dtype)
+                acc:torch.Tensor|None=None # (T, H): added to dX (in the GEMM, dX written into acc, when it has dX's dtype)
                )->tuple:
     "`(dX, dW)` from split bf16 GEMMs: dX = G_hi·W_hi + G_hi·W_lo + G_lo·W_hi (one GEMM, K = 3E), dW = (G_hi + G_lo)ᵀ·x in fp32."
     E = dl.shape[1]

@@ -169,6 +169,30 @@ def test_router_fused_matches_torch_cuda(name, shape):
     for b in ('bias_counts', 'global_counts'):
         if getattr(rt, b) is not None and same.all(): assert torch.equal(getattr(rf, b), getattr(rt, b))
 
+@pytest.mark.gpu
+@pytest.mark.parametrize('name', ['qwen3', 'olmoe_z'])
+def test_fused_router_alias_gradient_joins_dx(name):
+    "What reaches the alias `RouterOutput.x` is added to the router's dX inside its GEMM, written into that incoming"
+    " gradient: the same x.grad as reading x itself (autograd adding the two), up to bf16 rounding."
+    T, H, E, K = 4096, 1024, 64, 8
+    torch.manual_seed(0)
+    r = Router(H, RouterConfig(n_experts=E, top_k=K, **FUSED[name])).cuda()
+    x0, g = torch.randn(T, H, device='cuda').bfloat16(), torch.randn(T, K, device='cuda')
+    def x_grad(h, alias):
+        x = x0.clone().requires_grad_()
+        o = r(x)
+        assert o.x is not None
+        loss = (o.weights * g).sum() + o.aux_loss
+        if h is not None: loss = loss + ((o.x if alias else x) * h).float().sum()
+        loss.backward()
+        return x.grad.float()
+    own = x_grad(None, False)                                              # the router's dX alone
+    h = (torch.randn(T, H, device='cuda') * own.std()).bfloat16()          # a gradient of the same size arriving at x
+    h0 = h.clone()
+    fused, added = x_grad(h, True), x_grad(h, False)
+    assert _rel(fused, added) < 8e-3 and _rel(fused - h.float(), own) < 2e-2
+    assert torch.equal(h, h0)
+
 SCORES = ('softmax', 'sigmoid', 'softmax_topk')
 ROUTE_CASES = ([(s, n, a, b, 8192, 128, 8) for s in SCORES for n, a, b in ((False, 1.0, False), (True, 1.0, False), (False, 2.5, True), (True, 2.5, True))]
                + [(s, True, 2.5, True, 777, 60, 6) for s in SCORES]         # E not a power of 2, T not a multiple of the block
