@@ -529,7 +529,7 @@ if _GLUON:
     def _wg_consumer(dw, sq, offs, order, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, WHO:gl.constexpr,
                      SQ:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, DEAL:gl.constexpr):
         "One warpgroup: dw[e] tiles WHO, WHO + 2, … of this program (empty experts' tiles zero); SQ: each tile's Σ dw² in"
-        " sq[its index in expert order]."
+        " sq[e · tiles an expert + its tile], plain expert order's slots."
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
         nn = gl.cdiv(NO, BN)
         NT = gl.cdiv(KO, BM) * nn
