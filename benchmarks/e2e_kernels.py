@@ -46,9 +46,9 @@ def union(iv):
         if un and s0 <= un[-1][1]: un[-1][1] = max(un[-1][1], s1)
         else: un.append([s0, s1])
     return un
-kn = [(e.time_range.start, e.time_range.end, e.name) for e in p.events()
+kev = [(e.time_range.start, e.time_range.end, e.name) for e in p.events()
       if e.device_type.name == 'CUDA' and not e.name.startswith(ANNOT)] if dev.type == 'cuda' else []
-ks = [(s0, s1, 'adamw' in n) for s0, s1, n in kn]
+ks = [(s0, s1, 'adamw' in n) for s0, s1, n in kev]
 # GPU busy time: the union of the kernels' intervals (what is left of the wall time is idle GPU)
 busy = sum(s1 - s0 for s0, s1 in union((s0, s1) for s0, s1, _ in ks)) / a.steps / 1e3
 hidden = ''   # with --overlap: how much of the AdamW kernels' time ran beside other kernels
@@ -74,9 +74,9 @@ if a.cpu_rows:
     cpu = sum(e.self_cpu_time_total for e in cev) / a.steps / 1e3
     lines += ['', f"host: self CPU time {cpu:.1f} ms/step (profiler-inflated)", f"{'ms/step':>8} {'calls':>6}  op"]
     lines += [f"{e.self_cpu_time_total / a.steps / 1e3:8.2f} {e.count // a.steps:6d}  {e.key[:120]}" for e in cev[:a.cpu_rows]]
-if a.gaps and kn:   # idle GPU between kernels: many short ones are launch latency inside the graph, long ones the host
-    kn.sort(); gaps, end, last = [], kn[0][1], kn[0][2]
-    for s0, s1, n in kn[1:]:
+if a.gaps and kev:   # idle GPU between kernels: many short ones are launch latency inside the graph, long ones the host
+    kev.sort(); gaps, end, last = [], kev[0][1], kev[0][2]
+    for s0, s1, n in kev[1:]:
         if s0 > end: gaps.append((s0 - end, last, n))
         if s1 >= end: end, last = s1, n
     lines += ['', f"idle gaps between kernels over {a.steps} steps (µs; ms/step per bucket)"]
