@@ -14,7 +14,7 @@ must fit 232 registers: 128 × 128 spilled), and the narrower main loop costs mo
     PYTHONPATH=$PWD python3 benchmarks/dh_gluon.py --debug   # GPU: small cases first, each in its own process
     PYTHONPATH=$PWD python3 benchmarks/dh_gluon.py           # GPU: interleaved rounds; $OUT/dh_gluon.json
 """
-import os, sys, json, datetime, statistics
+import os, sys, json, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch, triton
 from triton.experimental import gluon
@@ -185,7 +185,7 @@ def debug():
 
 def main(rounds=5):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import SHAPES, interleaved
+    from experts_sweep import SHAPES, interleaved_rows
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/dh_gluon.py ' + ' '.join(sys.argv[1:]), rows=[])
     out = os.environ.get('OUT')
@@ -198,11 +198,7 @@ def main(rounds=5):
             o, drw = fused(dy, offs, w2, gu, rw, table, cfg); torch.cuda.synchronize()
             res['rows'].append(dict(shape=sname, cfg=cfg, err_dgu=rel(o, ref), err_drw=rel(drw, drw_ref))); print(res['rows'][-1], flush=True)
             fns[f'fused {cfg}'] = lambda cfg=cfg: fused(dy, offs, w2, gu, rw, table, cfg)
-        ts = interleaved(fns, rounds, rep=30)
-        for n in fns:
-            md = statistics.median(ts[n])
-            res['rows'].append(dict(shape=sname, kernel=n, us_median=round(md, 1), us=[round(t, 1) for t in ts[n]]))
-            print(res['rows'][-1], flush=True)
+        res['rows'] += interleaved_rows(fns, rounds, rep=30, shape=sname)
         if out: json.dump(res, open(os.path.join(out, 'dh_gluon.json'), 'w'), indent=1)
 
 if __name__ == '__main__':

@@ -10,7 +10,7 @@ autotuned row names the config it picked. Use it to choose the autotune sets in 
     PYTHONPATH=$PWD python3 benchmarks/experts_sweep.py --dh # SwiGLU backward: fused epilogue vs GEMM + elementwise pass;
                                                              # prints the faster as `PITHTRAIN_DH_SPLIT=0|1` (last line)
 """
-import os, sys, json, datetime
+import os, sys, json, datetime, statistics
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch
 from triton.testing import do_bench
@@ -50,6 +50,17 @@ def interleaved(fns:dict, rounds:int, rep:int=40)->dict:
     for _ in range(rounds):
         for n, f in fns.items(): ts[n].append(do_bench(f, warmup=5, rep=rep, return_mode='median') * 1e3)
     return ts
+
+def interleaved_rows(fns:dict, rounds:int, rep:int=40, flop:float|None=None, **keys)->list:
+    """`interleaved`'s rounds as result rows, each printed: `keys`, kernel, us_median (the median round), tflops (when the
+    FLOPs of one call, `flop`, are given) and us (every round)."""
+    rows = []
+    for n, us in interleaved(fns, rounds, rep).items():
+        md = statistics.median(us)
+        r = dict(keys, kernel=n, us_median=round(md, 1))
+        if flop is not None: r['tflops'] = round(flop / md / 1e6, 1)
+        rows.append(dict(r, us=[round(t, 1) for t in us])); print(rows[-1], flush=True)
+    return rows
 
 def isolated_cases(script:str, names, timeout:int=90, tail:int=600, tail_err:int|None=None):
     """Run `script --case NAME` for each name in a process of its own (CUDA_LAUNCH_BLOCKING=1: a failed launch poisons

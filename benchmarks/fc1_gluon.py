@@ -12,7 +12,7 @@ registers and stores h, g and u while the other consumer multiplies. Gluon does 
     PYTHONPATH=$PWD python3 benchmarks/fc1_gluon.py --debug   # GPU: small cases first, each in its own process
     PYTHONPATH=$PWD python3 benchmarks/fc1_gluon.py           # GPU: against `_fc1`, interleaved rounds; $OUT/fc1_gluon.json
 """
-import os, sys, json, datetime, statistics
+import os, sys, json, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch, triton
 from triton.experimental.gluon import language as gl
@@ -84,7 +84,7 @@ def debug():
 
 def main(rounds=5):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import routing, SHAPES, interleaved
+    from experts_sweep import routing, SHAPES, interleaved_rows
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/fc1_gluon.py ' + ' '.join(sys.argv[1:]), rows=[])
     out = os.environ.get('OUT')
@@ -101,12 +101,7 @@ def main(rounds=5):
             launch(a, offs, w1, h, gu, rw, table, cfg); torch.cuda.synchronize()
             res['rows'].append(dict(shape=sname, cfg=cfg, err_h=rel(h, hr), err_gu=rel(gu, gr))); print(res['rows'][-1], flush=True)
             fns[f'gluon {cfg}'] = lambda cfg=cfg, h=h, gu=gu: launch(a, offs, w1, h, gu, rw, table, cfg)
-        ts = interleaved(fns, rounds, rep=30)
-        for n in fns:
-            md = statistics.median(ts[n])
-            res['rows'].append(dict(shape=sname, kernel=n, us_median=round(md, 1), tflops=round(4 * N * H * I / md / 1e6, 1),
-                                    us=[round(t, 1) for t in ts[n]]))
-            print(res['rows'][-1], flush=True)
+        res['rows'] += interleaved_rows(fns, rounds, rep=30, flop=4 * N * H * I, shape=sname)
         if out: json.dump(res, open(os.path.join(out, 'fc1_gluon.json'), 'w'), indent=1)
 
 if __name__ == '__main__':

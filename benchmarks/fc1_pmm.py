@@ -123,8 +123,7 @@ def ab(rounds=7):
     """`_fc1` (autotuned) and fc1-pmm at its two best tiles, timed in turn for `rounds` rounds: a sustained load lowers the
     clock, so a kernel timed after a long sweep (the autotuned row above) reads slower than one timed first."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import routing, SHAPES, interleaved
-    import statistics
+    from experts_sweep import routing, SHAPES, interleaved_rows
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/fc1_pmm.py ' + ' '.join(sys.argv[1:]), rows=[])
     bf, out = torch.bfloat16, os.environ.get('OUT')
@@ -145,11 +144,7 @@ def ab(rounds=7):
         fns['fc2 _pmm autotuned'] = fc2(X._pmm)
         fns['fc2 _pmm 128x256x64x8x3'] = fc2(X._tuned(X._pmm_kernel, X._cfgs((128, 256, 64, 8, 3)), ['K', 'NO', 'MB', 'TW']))
         for f in fns.values(): f()
-        ts = interleaved(fns, rounds)
-        for n in fns:
-            res['rows'].append(dict(shape=sname, kernel=n, us_median=round(statistics.median(ts[n]), 1), us=[round(t, 1) for t in ts[n]],
-                                    tflops=round(2 * N * H * 2 * I / statistics.median(ts[n]) / 1e6, 1)))
-            print(res['rows'][-1], flush=True)
+        res['rows'] += interleaved_rows(fns, rounds, flop=2 * N * H * 2 * I, shape=sname)
         if out: json.dump(res, open(os.path.join(out, 'fc1_pmm_ab.json'), 'w'), indent=1)
 
 if __name__ == '__main__': smoke() if '--cpu-smoke' in sys.argv else ab() if '--ab' in sys.argv else main()

@@ -9,7 +9,7 @@ writes dg and du, and one partial Σ dh·act(g, u) per (row, column tile) for dr
     PYTHONPATH=$PWD python3 benchmarks/pmm_dh.py                # GPU: interleaved rounds against `_dgu`; $OUT/pmm_dh.json
     TRITON_INTERPRET=1 python3 benchmarks/pmm_dh.py --cpu-smoke  # CPU: equals `_dgu` (awkward experts)
 """
-import os, sys, json, datetime, statistics
+import os, sys, json, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch, triton, triton.language as tl
 from pithtrain import experts as X
@@ -97,7 +97,7 @@ CFGS = ((128, 128, 64, 8, 4), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 
 
 def main(rounds=4):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import routing, SHAPES, interleaved
+    from experts_sweep import routing, SHAPES, interleaved_rows
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/pmm_dh.py ' + ' '.join(sys.argv[1:]), rows=[])
     bf, out = torch.bfloat16, os.environ.get('OUT')
@@ -119,10 +119,7 @@ def main(rounds=4):
                 fns[f'{cfg} flat={flat}'] = (lambda kern, bn, fl: lambda: finish(fused(kern, dy, offs, w2, gu, rw, flat=fl)[1], I, bn))(kern, cfg[1], flat)
             except Exception as ex:
                 res['rows'].append(dict(shape=sname, cfg=cfg, error=repr(ex)[:300])); print(res['rows'][-1], flush=True)
-        ts = interleaved(fns, rounds)
-        for n in fns:
-            res['rows'].append(dict(shape=sname, kernel=n, us_median=round(statistics.median(ts[n]), 1), us=[round(t, 1) for t in ts[n]]))
-            print(res['rows'][-1], flush=True)
+        res['rows'] += interleaved_rows(fns, rounds, shape=sname)
         if out: json.dump(res, open(os.path.join(out, 'pmm_dh.json'), 'w'), indent=1)
 
 if __name__ == '__main__': smoke() if '--cpu-smoke' in sys.argv else main()

@@ -10,7 +10,7 @@ runs small cases first, each in its own process (a failed launch poisons the CUD
     PYTHONPATH=$PWD python3 benchmarks/pmm_gluon.py --debug         # GPU: tiny and `small` cases against a reference
     python3 benchmarks/pmm_gluon.py --compile-only                  # CPU
 """
-import os, sys, json, datetime, statistics
+import os, sys, json, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch, triton
 from triton.experimental.gluon import language as gl
@@ -54,7 +54,7 @@ def compile_only():
 
 def main(rounds=4):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import plain_products, SHAPES, interleaved
+    from experts_sweep import plain_products, SHAPES, interleaved_rows
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/pmm_gluon.py ' + ' '.join(sys.argv[1:]), rows=[])
     bf, out = torch.bfloat16, os.environ.get('OUT')
@@ -79,11 +79,7 @@ def main(rounds=4):
                     res['rows'].append(dict(shape=sname, gemm=what, cfg=cfg, error=repr(ex)[:400])); print(res['rows'][-1], flush=True)
                     raise
                 save()
-            ts = interleaved(fns, rounds, rep=30)
-            for n in fns:
-                m = statistics.median(ts[n])
-                res['rows'].append(dict(shape=sname, gemm=what, kernel=n, us_median=round(m, 1), tflops=round(flop / m / 1e6, 1), us=[round(t, 1) for t in ts[n]]))
-                print(res['rows'][-1], flush=True)
+            res['rows'] += interleaved_rows(fns, rounds, rep=30, flop=flop, shape=sname, gemm=what)
             save()
 
 def case(name):

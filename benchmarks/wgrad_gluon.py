@@ -56,7 +56,7 @@ def debug():
 
 def main(rounds=4):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from experts_sweep import routing, SHAPES, interleaved
+    from experts_sweep import routing, SHAPES, interleaved_rows
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/wgrad_gluon.py ' + ' '.join(sys.argv[1:]), rows=[])
     out = os.environ.get('OUT')
@@ -75,12 +75,7 @@ def main(rounds=4):
                 res['rows'].append(dict(shape=sname, grad=gname, cfg=cfg, err=rel(dw, ref), sq_err=abs(sq.sum().item() / rsq.sum().item() - 1)))
                 print(res['rows'][-1], flush=True)
                 fns[f'gluon {cfg}'] = lambda cfg=cfg, dw=dw, sq=sq: gluon_wgrad(a, b, offs, dw, sq.zero_(), cfg)
-            ts = interleaved(fns, rounds, rep=30)
-            for n in fns:
-                md = statistics.median(ts[n])
-                res['rows'].append(dict(shape=sname, grad=gname, kernel=n, us_median=round(md, 1),
-                                        tflops=round(2 * N * KO * NO / md / 1e6, 1), us=[round(t, 1) for t in ts[n]]))
-                print(res['rows'][-1], flush=True)
+            res['rows'] += interleaved_rows(fns, rounds, rep=30, flop=2 * N * KO * NO, shape=sname, grad=gname)
             if out: json.dump(res, open(os.path.join(out, 'wgrad_gluon.json'), 'w'), indent=1)
 
 DEALS = (('expert order', 0), ('expert order', 1), ('most rows first', 0), ('most rows first', 1), ('most rows first', 2))
@@ -129,7 +124,7 @@ def real(presets=('small', 'qwen3-30b-a3b-6l'), rounds=3):
             res['rows'].append(r); print(r, flush=True)
         res['rows'].append(dict(preset=p, calls=len(calls), total_us={n: round(v, 1) for n, v in tot.items()}))
         print(res['rows'][-1], flush=True)
-        del calls; torch.cuda.empty_cache()
+        calls.clear(); torch.cuda.empty_cache()   # this preset's recorded operands, before the next one's step
         if out: json.dump(res, open(os.path.join(out, 'wgrad_gluon-real.json'), 'w'), indent=1)
 
 if __name__ == '__main__':
