@@ -11,7 +11,7 @@ import pithtrain.optim as O
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--presets', nargs='+', default=['small', 'qwen3-30b-a3b-6l'], choices=list(BATCH))
-ap.add_argument('--variants', nargs='+', default=['graph'], choices=['graph', 'overlap', 'overlap-hi', 'overlap-main', 'overlap-main-bf16', 'graph-bf16', 'overlap-bf16'])   # bf16: AdamW moments
+ap.add_argument('--variants', nargs='+', default=['graph'], choices=['graph', 'overlap', 'overlap-hi', 'overlap-main', 'overlap-main-bf16', 'graph-bf16', 'overlap-bf16', 'graph-fused', 'overlap-fused'])   # bf16: AdamW moments; fused: the experts' AdamW in their backward (no clipping; needs benchmarks/fused_adamw.patch)
 ap.add_argument('--steps', type=int, default=15)
 ap.add_argument('--warmup', type=int, default=3)
 ap.add_argument('--tag', default='run')
@@ -33,12 +33,12 @@ for p in a.presets:
     for v in a.variants:
         O.AdamW.overlap = _hi if v == 'overlap-hi' else _ov
         T.GraphedStep.__call__ = _main_hi if v.startswith('overlap-main') else _call
-        kw = dict(state_dtype=torch.bfloat16) if v.endswith('bf16') else {}   # (older code versions take no state_dtype)
+        kw = dict(state_dtype=torch.bfloat16) if v.endswith('bf16') else dict(fused=True) if v.endswith('fused') else {}   # (older code versions take neither)
         r = measure(f'pithtrain+compile+graph+{v}', lambda: pithtrain_step(c, B, S, dev, compile=True, graph=True, overlap=v.startswith('overlap'), **kw),
                     c, B, S, a.steps, a.warmup, dev)
         r.update(preset=p, variant=v, tag=a.tag); rows.append(r)
         print(f"{a.tag:6s} {p:18s} {v:11s} median {r['median_ms']:7.2f} ms  mean {r['mean_ms']:7.2f}  {r['tokens_per_s']:9.0f} tok/s  "
-              f"act {r['activation_mem_gb']:.2f} GB", flush=True)
+              f"act {r['activation_mem_gb']:.2f} GB  peak {r['peak_mem_gb']:.2f} GB", flush=True)
 out = os.environ.get('OUT')
 res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(), command='python3 benchmarks/ab_steps.py ' + ' '.join(sys.argv[1:]),
            cwd=os.getcwd(), rows=rows)
