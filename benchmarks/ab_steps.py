@@ -17,6 +17,8 @@ ap.add_argument('--warmup', type=int, default=3)
 ap.add_argument('--tag', default='run')
 a = ap.parse_args()
 dev = torch.device('cuda')
+if os.environ.get('FC1_CFG'):   # experts._WS_FC1_CFG (BH, BK, slots, output buffers) for a same-call comparison
+    import pithtrain.experts as X; X._WS_FC1_CFG = tuple(int(v) for v in os.environ['FC1_CFG'].split(','))
 _ov = O.AdamW.overlap
 def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev

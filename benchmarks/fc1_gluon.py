@@ -18,7 +18,7 @@ import torch, triton
 from triton.experimental.gluon import language as gl
 from pithtrain import experts as X
 
-CFGS = ((64, 64, 4), (64, 32, 8))   # (BH, BK, slots); rows per tile: experts._WS_CFG[0]
+CFGS = ((64, 64, 4, 3), (64, 64, 6, 1), (64, 64, 5, 1), (64, 32, 10, 1))   # (BH, BK, slots, output buffers a consumer); rows per tile: experts._WS_CFG[0]
 
 def launch(a, offs, w1, h, gu, rw=None, table=None, cfg=CFGS[0]):
     "h, gu = fc1 of the plan rows a (N, H) with w1 (E, H, 2I) (gate | up), at this configuration."
@@ -43,19 +43,19 @@ def compile_only():
     lay = lambda shape: gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
     ds = lambda shape: f'tensordesc<bf16[{shape[0]},{shape[1]}],{lay(shape)!r}>'
     BM = X._WS_CFG[0]
-    for BH, BK, S in CFGS:
+    for BH, BK, S, NB in CFGS:
         for roww in (False, True):
             sig = dict(a_d=ds([BM, BK]), w_d=ds([BK, BH]), h_d=ds([BM, BH]), g_d=ds([BM, BH]), u_d=ds([BM, BH]), h='*bf16',
                        gu='*bf16', rw='*fp32', table='*i32', K='i32', I='i32', NPROG='i32', ROWW='constexpr', BM='constexpr',
-                       BH='constexpr', BK='constexpr', S='constexpr')
+                       BH='constexpr', BK='constexpr', S='constexpr', NB='constexpr')
             try:
-                ck = triton.compile(GluonASTSource(X._fc1_ws_kernel, sig, dict(ROWW=roww, BM=BM, BH=BH, BK=BK, S=S)),
+                ck = triton.compile(GluonASTSource(X._fc1_ws_kernel, sig, dict(ROWW=roww, BM=BM, BH=BH, BK=BK, S=S, NB=NB)),
                                     target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=168))
                 open('/tmp/fc1_ws.ptx', 'w').write(ck.asm['ptx'])
                 o = subprocess.run([ptxas, '-arch=sm_90a', '-v', '/tmp/fc1_ws.ptx', '-o', '/tmp/fc1_ws.cubin'], capture_output=True, text=True).stderr
-                print((BH, BK, S), 'ROWW', roww, 'smem', ck.metadata.shared, 'regs', re.findall(r'Used (\d+) registers', o),
+                print((BH, BK, S, NB), 'ROWW', roww, 'smem', ck.metadata.shared, 'regs', re.findall(r'Used (\d+) registers', o),
                       'spill', re.findall(r'(\d+) bytes spill stores', o), flush=True)
-            except Exception as ex: print((BH, BK, S), 'ROWW', roww, 'FAILED', str(ex)[-1500:], flush=True)
+            except Exception as ex: print((BH, BK, S, NB), 'ROWW', roww, 'FAILED', str(ex)[-1500:], flush=True)
 
 def case(name):
     "One debugging case in its own process: `tiny` (experts of 0, 1, 200, 130, 33 rows) or `small` (the e2e shape)."

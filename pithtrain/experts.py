@@ -433,9 +433,10 @@ if _GLUON:
 
     @gluon.jit
     def _ws_fc1_consumer(h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ready, empty, done, a_bufs, b_bufs, o_bufs,
-                         WHO:gl.constexpr, ROWW:gl.constexpr, BM:gl.constexpr, BH:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+                         WHO:gl.constexpr, ROWW:gl.constexpr, BM:gl.constexpr, BH:gl.constexpr, BK:gl.constexpr, S:gl.constexpr,
+                         NB:gl.constexpr):
         "One warpgroup of fc1: its tiles' [gate | up] accumulator split in registers into g and u; h = silu(g)·u (· rw[row]);"
-        " the three stored from o_bufs[3·WHO …] (whole tiles) or masked (an expert's last)."
+        " the three stored from o_bufs[NB·WHO …] (whole tiles: NB = 3 buffers, or 1 taken in turn) or masked (an expert's last)."
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 2 * BH, 16])
         n_n = gl.cdiv(I, BH)
         nk = gl.cdiv(K, BK)
@@ -450,15 +451,25 @@ if _GLUON:
             if ROWW:
                 rr = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, hv.type.layout))
                 hv = hv * gl.load(rw + gl.minimum(rr, rend - 1)).to(gl.float32)[:, None]
-            if row0 + BM <= rend:   # a whole tile of this expert's rows: three TMA stores (the buffers' last ones out first)
+            if (row0 + BM <= rend) & (NB == 1):   # a whole tile: three TMA stores through one buffer, each out before the next
+                for i in gl.static_range(3):
+                    tma.store_wait(0)
+                    if i == 0: o_bufs.index(WHO).store(hv.to(h.dtype.element_ty))
+                    elif i == 1: o_bufs.index(WHO).store(g.to(gu.dtype.element_ty))
+                    else: o_bufs.index(WHO).store(u.to(gu.dtype.element_ty))
+                    fence_async_shared()
+                    if i == 0: tma.async_copy_shared_to_global(h_d, [row0, pn * BH], o_bufs.index(WHO))
+                    elif i == 1: tma.async_copy_shared_to_global(g_d, [row0, pn * BH], o_bufs.index(WHO))
+                    else: tma.async_copy_shared_to_global(u_d, [row0, pn * BH], o_bufs.index(WHO))
+            elif row0 + BM <= rend:   # a whole tile of this expert's rows: three TMA stores (the buffers' last ones out first)
                 tma.store_wait(0)
-                o_bufs.index(3 * WHO).store(hv.to(h.dtype.element_ty))
-                o_bufs.index(3 * WHO + 1).store(g.to(gu.dtype.element_ty))
-                o_bufs.index(3 * WHO + 2).store(u.to(gu.dtype.element_ty))
+                o_bufs.index(NB * WHO).store(hv.to(h.dtype.element_ty))
+                o_bufs.index(NB * WHO + 1).store(g.to(gu.dtype.element_ty))
+                o_bufs.index(NB * WHO + 2).store(u.to(gu.dtype.element_ty))
                 fence_async_shared()
-                tma.async_copy_shared_to_global(h_d, [row0, pn * BH], o_bufs.index(3 * WHO))
-                tma.async_copy_shared_to_global(g_d, [row0, pn * BH], o_bufs.index(3 * WHO + 1))
-                tma.async_copy_shared_to_global(u_d, [row0, pn * BH], o_bufs.index(3 * WHO + 2))
+                tma.async_copy_shared_to_global(h_d, [row0, pn * BH], o_bufs.index(NB * WHO))
+                tma.async_copy_shared_to_global(g_d, [row0, pn * BH], o_bufs.index(NB * WHO + 1))
+                tma.async_copy_shared_to_global(u_d, [row0, pn * BH], o_bufs.index(NB * WHO + 2))
             else:
                 lay: gl.constexpr = hv.type.layout
                 rm = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, lay))
@@ -473,13 +484,13 @@ if _GLUON:
 
     @gluon.jit
     def _fc1_ws_kernel(a_d, w_d, h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ROWW:gl.constexpr, BM:gl.constexpr,
-                       BH:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
+                       BH:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NB:gl.constexpr):
         "gu = a[rows of e] @ w1[e] (gate | up), h = silu(g)·u (· rw[row]) over the table's row tiles of BH columns of h."
-        a_bufs, b_bufs, o_bufs, ready, empty, done = _ws_smem(a_d, w_d, h_d, BK, 2 * BH, 6, S)
+        a_bufs, b_bufs, o_bufs, ready, empty, done = _ws_smem(a_d, w_d, h_d, BK, 2 * BH, 2 * NB, S)
         gl.warp_specialize([(_ws_fc1_consumer, (h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ready, empty, done, a_bufs, b_bufs,
-                                                o_bufs, 0, ROWW, BM, BH, BK, S)),
+                                                o_bufs, 0, ROWW, BM, BH, BK, S, NB)),
                             (_ws_fc1_consumer, (h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ready, empty, done, a_bufs, b_bufs,
-                                                o_bufs, 1, ROWW, BM, BH, BK, S)),
+                                                o_bufs, 1, ROWW, BM, BH, BK, S, NB)),
                             (_ws_producer, (a_d, w_d, table, K, I, NPROG, ready, empty, a_bufs, b_bufs, False, True, BM, BH, BK, S))],
                            [4, 1], [232, 40])
 
@@ -652,7 +663,8 @@ _PERSIST = os.environ.get('PITHTRAIN_PERSISTENT', '1') == '1'   # with TMA: plai
 _TMA_STORE = os.environ.get('PITHTRAIN_TMA_STORE', '1') == '1'   # with TMA: fc1's whole output tiles stored through descriptors
 _WS = os.environ.get('PITHTRAIN_WS', 'graph')   # Hopper's Gluon products: 'graph' (inside a CUDA graph capture), 'always', '0'
 _WS_CFG = (128, 128, 64, 5)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
-_WS_FC1_CFG = (64, 64, 4)   # fc1's (BH, BK, slots), rows per tile _WS_CFG's (one table): h columns a tile, 2·BH accumulated
+_WS_FC1_CFG = (64, 64, 6, 1)   # fc1's (BH, BK, slots, output buffers a consumer: 3, or 1 taken in turn), rows per tile
+                               # _WS_CFG's (one table): BH columns of h a tile, 2·BH accumulated
 _WS_WG_CFG = (128, 128, 64, 6)   # the weight gradients' (BM, BN, BK rows a k-step, slots)
 _WS_WG_DEAL = 1   # their rounds of tiles dealt in alternate directions every DEAL rounds (0: always pid first)
 _WS_WG = os.environ.get('PITHTRAIN_WS_WG', '1') == '1'   # where the Gluon kernels run: the weight gradients too (else Triton)
@@ -745,7 +757,7 @@ def _pmm_ws(a, offs, w, c, K, NO, tw, table=None):
 
 def _fc1_ws(a, offs, w1, h, gu, rw=None, table=None):
     "h, gu = fc1 of the plan rows a (N, H) with w1 (E, H, 2I) (gate | up), as `_fc1` computes them, by `_fc1_ws_kernel`."
-    (BM, _, _, _), (BH, BK, S) = _WS_CFG, _WS_FC1_CFG
+    (BM, _, _, _), (BH, BK, S, NB) = _WS_CFG, _WS_FC1_CFG
     (N, K), I = a.shape, h.shape[1]
     dt = getattr(gl, _GL_DT[a.dtype])
     desc = lambda t, shape: GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
@@ -753,7 +765,7 @@ def _fc1_ws(a, offs, w1, h, gu, rw=None, table=None):
     _fc1_ws_kernel[(n,)](desc(a, [BM, BK]), desc(w1.view(-1, w1.shape[-1]), [BK, BH]), desc(h, [BM, BH]), desc(gu[:, :I], [BM, BH]),
                          desc(gu[:, I:], [BM, BH]), h, gu, rw if rw is not None else h,
                          table if table is not None else _tile_table(offs, N, BM), K, I, n, ROWW=rw is not None,
-                         BM=BM, BH=BH, BK=BK, S=S, num_warps=4, maxnreg=168)
+                         BM=BM, BH=BH, BK=BK, S=S, NB=NB, num_warps=4, maxnreg=168)
     return h
 
 def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0, rw=None,

@@ -18,10 +18,10 @@ def sm90(kern, sig, cst):
 BM, BN, BK, S = X._WS_CFG
 out = {'_pmm_ws_kernel': sm90(X._pmm_ws_kernel, dict(a_d=d([BM, BK]), w_d=d([BN, BK]), c_d=d([BM, BN]), c='*bf16', table='*i32',
        K='i32', NO='i32', sc_m='i32', NPROG='i32', **c('TW BM BN BK S'.split())), dict(TW=True, BM=BM, BN=BN, BK=BK, S=S))}
-BH, BK, S = X._WS_FC1_CFG
+BH, BK, S, NB = X._WS_FC1_CFG
 out['_fc1_ws_kernel'] = sm90(X._fc1_ws_kernel, dict(a_d=d([BM, BK]), w_d=d([BK, BH]), h_d=d([BM, BH]), g_d=d([BM, BH]),
        u_d=d([BM, BH]), h='*bf16', gu='*bf16', rw='*fp32', table='*i32', K='i32', I='i32', NPROG='i32',
-       **c('ROWW BM BH BK S'.split())), dict(ROWW=True, BM=BM, BH=BH, BK=BK, S=S))
+       **c('ROWW BM BH BK S NB'.split())), dict(ROWW=True, BM=BM, BH=BH, BK=BK, S=S, NB=NB))
 BM, BN, BK, S = X._WS_WG_CFG
 out['_wgrad_ws_kernel'] = sm90(X._wgrad_ws_kernel, dict(a_d=d([BK, BM]), b_d=d([BK, BN]), offs='*i32', order='*i32', dw='*fp32', sq='*fp32',
        E='i32', KO='i32', NO='i32', NPROG='i32', **c('SQ BM BN BK S DEAL'.split())),
