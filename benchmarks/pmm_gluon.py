@@ -16,11 +16,12 @@ import torch, triton
 from triton.experimental.gluon import language as gl
 from pithtrain import experts as X
 
-CFGS = ((128, 128, 64, 5), (128, 128, 64, 4), (128, 128, 32, 8), (64, 256, 64, 4))   # (BM, BN, BK, slots)
+CFGS = ((128, 128, 64, 5, 1), (128, 128, 64, 6, 2), (128, 128, 64, 5, 2))   # (BM, BN, BK, slots, store chunks `_WS_CS`);
+# measured before: (128, 128, 64, 4), (128, 128, 32, 8), (64, 256, 64, 4) slower than (128, 128, 64, 5)
 
 def launch(a, offs, w, c, K, NO, tw, cfg, table=None):
     "c[rows of e] = a[rows of e] @ w[e] (w (E, K, NO)), or @ w[e]ᵀ with tw (w (E, NO, K)), at this configuration."
-    X._WS_CFG = cfg
+    X._WS_CFG, X._WS_CS = cfg[:4], (cfg[4] if len(cfg) > 4 else 1)
     return X._pmm_ws(a, offs, w, c, K, NO, tw, table)
 
 def pmm(a, offs, w, c, K, NO, tw):
@@ -37,14 +38,15 @@ def compile_only():
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/ptxas'))[0]
-    for (BM, BN, BK, S) in CFGS:
+    for (BM, BN, BK, S, CS) in CFGS:
         for tw in (False, True):
             lay = lambda shape: gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
             d = lambda shape: f'tensordesc<bf16[{shape[0]},{shape[1]}],{lay(shape)!r}>'
-            sig = dict(a_d=d([BM, BK]), w_d=d([BN, BK] if tw else [BK, BN]), c_d=d([BM, BN]), c='*bf16', table='*i32', K='i32',
-                       NO='i32', sc_m='i32', NPROG='i32', TW='constexpr', BM='constexpr', BN='constexpr', BK='constexpr', S='constexpr')
+            sig = dict(a_d=d([BM, BK]), w_d=d([BN, BK] if tw else [BK, BN]), c_d=d([BM, BN // CS]), c='*bf16', table='*i32', K='i32',
+                       NO='i32', sc_m='i32', NPROG='i32', TW='constexpr', BM='constexpr', BN='constexpr', BK='constexpr', S='constexpr',
+                       CS='constexpr')
             try:
-                ck = triton.compile(GluonASTSource(X._pmm_ws_kernel, sig, dict(TW=tw, BM=BM, BN=BN, BK=BK, S=S)),
+                ck = triton.compile(GluonASTSource(X._pmm_ws_kernel, sig, dict(TW=tw, BM=BM, BN=BN, BK=BK, S=S, CS=CS)),
                                     target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=168))
                 open('/tmp/pmm_ws.ptx', 'w').write(ck.asm['ptx'])
                 o = subprocess.run([ptxas, '-arch=sm_90a', '-v', '/tmp/pmm_ws.ptx', '-o', '/tmp/pmm_ws.cubin'], capture_output=True, text=True).stderr

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import torch
 from pithtrain import experts as X
 
-CFGS = ((128, 128, 64, 6), (128, 128, 32, 10))   # (BM, BN, BK, slots)
+CFGS = ((128, 128, 64, 6), (128, 128, 64, 7), (128, 128, 32, 10))   # (BM, BN, BK, slots)
 
 def triton_wgrad(a, b, offs, dw, sq):
     "The library's Triton kernel on the same operands (`PITHTRAIN_WS_WG` off)."

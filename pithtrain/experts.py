@@ -370,8 +370,9 @@ if _GLUON:
 
     @gluon.jit
     def _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, WHO:gl.constexpr,
-                     TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
-        "One warpgroup of the plain product: tiles WHO, WHO + 2, … of this program's sequence, stored from c_bufs[WHO]."
+                     TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, CS:gl.constexpr):
+        "One warpgroup of the plain product: tiles WHO, WHO + 2, … of this program's sequence, stored from c_bufs[WHO] (whole"
+        " tiles in CS column chunks, one after the other: CS = 2 halves the buffer)."
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
         c_buf = c_bufs.index(WHO)
         n_n = gl.cdiv(NO, BN)
@@ -384,10 +385,21 @@ if _GLUON:
                           WHO, False, TW, S)
             out = acc.to(c.dtype.element_ty)
             if row0 + BM <= rend:   # a whole tile of this expert's rows: TMA store (the buffer's last one must be out)
-                tma.store_wait(0)
-                c_buf.store(out)
-                fence_async_shared()
-                tma.async_copy_shared_to_global(c_d, [row0, pn * BN], c_buf)
+                if CS == 2:   # in two column halves through a half-width buffer (column bit 6 is a register bit)
+                    x, y = gl.split(gl.permute(gl.reshape(out, [BM, 2, BN // 2]), [0, 2, 1]))
+                    tma.store_wait(0)
+                    c_buf.store(x)
+                    fence_async_shared()
+                    tma.async_copy_shared_to_global(c_d, [row0, pn * BN], c_buf)
+                    tma.store_wait(0)
+                    c_buf.store(y)
+                    fence_async_shared()
+                    tma.async_copy_shared_to_global(c_d, [row0, pn * BN + BN // 2], c_buf)
+                else:
+                    tma.store_wait(0)
+                    c_buf.store(out)
+                    fence_async_shared()
+                    tma.async_copy_shared_to_global(c_d, [row0, pn * BN], c_buf)
             else:
                 rm = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, acc_l))
                 rn = pn * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
@@ -420,14 +432,14 @@ if _GLUON:
 
     @gluon.jit
     def _pmm_ws_kernel(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr,
-                       BK:gl.constexpr, S:gl.constexpr):
+                       BK:gl.constexpr, S:gl.constexpr, CS:gl.constexpr=1):
         "c[rows of e] = a[rows of e] @ w[e] (w[e]ᵀ with TW) over the table's row tiles: a loading warp, two consumer warpgroups."
         a_bufs, b_bufs, c_bufs, ready, empty, done = _ws_smem(a_d, w_d, c_d, w_d.block_type.shape[0],
                                                                     w_d.block_type.shape[1], 2, S)
         gl.warp_specialize([(_ws_consumer, (c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, 0, TW,
-                                            BM, BN, BK, S)),
+                                            BM, BN, BK, S, CS)),
                             (_ws_consumer, (c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, 1, TW,
-                                            BM, BN, BK, S)),
+                                            BM, BN, BK, S, CS)),
                             (_ws_producer, (a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW, False, BM, BN, BK, S))],
                            [4, 1], [232, 40])
 
@@ -451,25 +463,26 @@ if _GLUON:
             if ROWW:
                 rr = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, hv.type.layout))
                 hv = hv * gl.load(rw + gl.minimum(rr, rend - 1)).to(gl.float32)[:, None]
-            if (row0 + BM <= rend) & (NB == 1):   # a whole tile: three TMA stores through one buffer, each out before the next
-                for i in gl.static_range(3):
+            if row0 + BM <= rend:   # a whole tile of this expert's rows: three TMA stores
+                if NB == 1:   # through one buffer, each store out before the next fills it
+                    for i in gl.static_range(3):
+                        tma.store_wait(0)
+                        if i == 0: o_bufs.index(WHO).store(hv.to(h.dtype.element_ty))
+                        elif i == 1: o_bufs.index(WHO).store(g.to(gu.dtype.element_ty))
+                        else: o_bufs.index(WHO).store(u.to(gu.dtype.element_ty))
+                        fence_async_shared()
+                        if i == 0: tma.async_copy_shared_to_global(h_d, [row0, pn * BH], o_bufs.index(WHO))
+                        elif i == 1: tma.async_copy_shared_to_global(g_d, [row0, pn * BH], o_bufs.index(WHO))
+                        else: tma.async_copy_shared_to_global(u_d, [row0, pn * BH], o_bufs.index(WHO))
+                else:   # through three (the buffers' last stores out first)
                     tma.store_wait(0)
-                    if i == 0: o_bufs.index(WHO).store(hv.to(h.dtype.element_ty))
-                    elif i == 1: o_bufs.index(WHO).store(g.to(gu.dtype.element_ty))
-                    else: o_bufs.index(WHO).store(u.to(gu.dtype.element_ty))
+                    o_bufs.index(3 * WHO).store(hv.to(h.dtype.element_ty))
+                    o_bufs.index(3 * WHO + 1).store(g.to(gu.dtype.element_ty))
+                    o_bufs.index(3 * WHO + 2).store(u.to(gu.dtype.element_ty))
                     fence_async_shared()
-                    if i == 0: tma.async_copy_shared_to_global(h_d, [row0, pn * BH], o_bufs.index(WHO))
-                    elif i == 1: tma.async_copy_shared_to_global(g_d, [row0, pn * BH], o_bufs.index(WHO))
-                    else: tma.async_copy_shared_to_global(u_d, [row0, pn * BH], o_bufs.index(WHO))
-            elif row0 + BM <= rend:   # a whole tile of this expert's rows: three TMA stores (the buffers' last ones out first)
-                tma.store_wait(0)
-                o_bufs.index(NB * WHO).store(hv.to(h.dtype.element_ty))
-                o_bufs.index(NB * WHO + 1).store(g.to(gu.dtype.element_ty))
-                o_bufs.index(NB * WHO + 2).store(u.to(gu.dtype.element_ty))
-                fence_async_shared()
-                tma.async_copy_shared_to_global(h_d, [row0, pn * BH], o_bufs.index(NB * WHO))
-                tma.async_copy_shared_to_global(g_d, [row0, pn * BH], o_bufs.index(NB * WHO + 1))
-                tma.async_copy_shared_to_global(u_d, [row0, pn * BH], o_bufs.index(NB * WHO + 2))
+                    tma.async_copy_shared_to_global(h_d, [row0, pn * BH], o_bufs.index(3 * WHO))
+                    tma.async_copy_shared_to_global(g_d, [row0, pn * BH], o_bufs.index(3 * WHO + 1))
+                    tma.async_copy_shared_to_global(u_d, [row0, pn * BH], o_bufs.index(3 * WHO + 2))
             else:
                 lay: gl.constexpr = hv.type.layout
                 rm = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, lay))
@@ -662,10 +675,11 @@ _DH_SPLIT = os.environ.get('PITHTRAIN_DH_SPLIT', '1') == '1'   # with TMA: SwiGL
 _PERSIST = os.environ.get('PITHTRAIN_PERSISTENT', '1') == '1'   # with TMA: plain products by the persistent kernel
 _TMA_STORE = os.environ.get('PITHTRAIN_TMA_STORE', '1') == '1'   # with TMA: fc1's whole output tiles stored through descriptors
 _WS = os.environ.get('PITHTRAIN_WS', 'graph')   # Hopper's Gluon products: 'graph' (inside a CUDA graph capture), 'always', '0'
-_WS_CFG = (128, 128, 64, 5)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
+_WS_CFG = (128, 128, 64, 6)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
+_WS_CS = 2   # the plain products' whole tiles stored in _WS_CS column chunks (2: a half-width buffer, room for a slot more)
 _WS_FC1_CFG = (64, 64, 6, 1)   # fc1's (BH, BK, slots, output buffers a consumer: 3, or 1 taken in turn), rows per tile
                                # _WS_CFG's (one table): BH columns of h a tile, 2·BH accumulated
-_WS_WG_CFG = (128, 128, 64, 6)   # the weight gradients' (BM, BN, BK rows a k-step, slots)
+_WS_WG_CFG = (128, 128, 64, 7)   # the weight gradients' (BM, BN, BK rows a k-step, slots)
 _WS_WG_DEAL = 1   # their rounds of tiles dealt in alternate directions every DEAL rounds (0: always pid first)
 _WS_WG = os.environ.get('PITHTRAIN_WS_WG', '1') == '1'   # where the Gluon kernels run: the weight gradients too (else Triton)
 
@@ -750,9 +764,9 @@ def _pmm_ws(a, offs, w, c, K, NO, tw, table=None):
     n = _nprog(c.device)
     # 4 + 4 + 1 warps, allocated by whole warpgroups: 12 × 32 threads × 168 registers fill the register file; the
     # consumers then raise theirs to 232 and the loading warp drops to 40 (`setmaxnreg`)
-    _pmm_ws_kernel[(n,)](desc(a, [BM, BK]), desc(w.view(-1, w.shape[-1]), [BN, BK] if tw else [BK, BN]), desc(c, [BM, BN]), c,
-                         table if table is not None else _tile_table(offs, c.shape[0], BM), K, NO, c.stride(0), n,
-                         TW=tw, BM=BM, BN=BN, BK=BK, S=S, num_warps=4, maxnreg=168)
+    _pmm_ws_kernel[(n,)](desc(a, [BM, BK]), desc(w.view(-1, w.shape[-1]), [BN, BK] if tw else [BK, BN]), desc(c, [BM, BN // _WS_CS]),
+                         c, table if table is not None else _tile_table(offs, c.shape[0], BM), K, NO, c.stride(0), n,
+                         TW=tw, BM=BM, BN=BN, BK=BK, S=S, CS=_WS_CS, num_warps=4, maxnreg=168)
     return c
 
 def _fc1_ws(a, offs, w1, h, gu, rw=None, table=None):

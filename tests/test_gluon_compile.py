@@ -16,8 +16,9 @@ def sm90(kern, sig, cst):
     ck = triton.compile(GluonASTSource(kern, sig, cst), target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=168))
     return ck.metadata.shared
 BM, BN, BK, S = X._WS_CFG
-out = {'_pmm_ws_kernel': sm90(X._pmm_ws_kernel, dict(a_d=d([BM, BK]), w_d=d([BN, BK]), c_d=d([BM, BN]), c='*bf16', table='*i32',
-       K='i32', NO='i32', sc_m='i32', NPROG='i32', **c('TW BM BN BK S'.split())), dict(TW=True, BM=BM, BN=BN, BK=BK, S=S))}
+out = {'_pmm_ws_kernel': sm90(X._pmm_ws_kernel, dict(a_d=d([BM, BK]), w_d=d([BN, BK]), c_d=d([BM, BN // X._WS_CS]), c='*bf16',
+       table='*i32', K='i32', NO='i32', sc_m='i32', NPROG='i32', **c('TW BM BN BK S CS'.split())),
+       dict(TW=True, BM=BM, BN=BN, BK=BK, S=S, CS=X._WS_CS))}
 BH, BK, S, NB = X._WS_FC1_CFG
 out['_fc1_ws_kernel'] = sm90(X._fc1_ws_kernel, dict(a_d=d([BM, BK]), w_d=d([BK, BH]), h_d=d([BM, BH]), g_d=d([BM, BH]),
        u_d=d([BM, BH]), h='*bf16', gu='*bf16', rw='*fp32', table='*i32', K='i32', I='i32', NPROG='i32',
