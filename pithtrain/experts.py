@@ -675,7 +675,8 @@ _DH_SPLIT = os.environ.get('PITHTRAIN_DH_SPLIT', '1') == '1'   # with TMA: SwiGL
 _PERSIST = os.environ.get('PITHTRAIN_PERSISTENT', '1') == '1'   # with TMA: plain products by the persistent kernel
 _TMA_STORE = os.environ.get('PITHTRAIN_TMA_STORE', '1') == '1'   # with TMA: fc1's whole output tiles stored through descriptors
 _WS = os.environ.get('PITHTRAIN_WS', 'graph')   # Hopper's Gluon products: 'graph' (inside a CUDA graph capture), 'always', '0'
-_WS_CFG = (128, 128, 64, 6)   # its (BM, BN, BK, slots): the best at all six end-to-end products (`benchmarks/pmm_gluon.py`)
+_WS_CFG = (128, 128, 64, 6)   # its (BM, BN, BK, slots): the best tile at all six end-to-end products (`benchmarks/pmm_gluon.py`);
+                              # 6 slots with _WS_CS = 2 (5 with whole-tile buffers)
 _WS_CS = 2   # the plain products' whole tiles stored in _WS_CS column chunks (2: a half-width buffer, room for a slot more)
 _WS_FC1_CFG = (64, 64, 6, 1)   # fc1's (BH, BK, slots, output buffers a consumer: 3, or 1 taken in turn), rows per tile
                                # _WS_CFG's (one table): BH columns of h a tile, 2·BH accumulated
