@@ -102,7 +102,7 @@ def case(name):
     a = torch.randn(N, K, device='cuda', dtype=torch.bfloat16)
     w = torch.randn(E, NO, K, device='cuda', dtype=torch.bfloat16) if tw else torch.randn(E, K, NO, device='cuda', dtype=torch.bfloat16)
     c = torch.full((N, NO), float('nan'), device='cuda', dtype=torch.bfloat16)
-    launch(a, offs, w, c, K, NO, tw, X._WS_CFG); torch.cuda.synchronize()
+    launch(a, offs, w, c, K, NO, tw, X._WS_CFG + (X._WS_CS,)); torch.cuda.synchronize()
     o = offs.tolist()
     ref = torch.cat([a[o[e]:o[e + 1]].float() @ (w[e].float().T if tw else w[e].float()) for e in range(E)])
     print(name, 'rel err', ((c.float() - ref).norm() / ref.norm()).item(), 'nan', c.isnan().sum().item())
