@@ -17,12 +17,11 @@ ap.add_argument('--warmup', type=int, default=3)
 ap.add_argument('--tag', default='run')
 a = ap.parse_args()
 dev = torch.device('cuda')
-if os.environ.get('PMM_CFG'):   # experts._WS_CFG + _WS_CS (BM, BN, BK, slots, store chunks) for a same-call comparison
-    import pithtrain.experts as X; v = [int(x) for x in os.environ['PMM_CFG'].split(',')]; X._WS_CFG, X._WS_CS = tuple(v[:4]), v[4]
-if os.environ.get('WG_CFG'):   # experts._WS_WG_CFG (BM, BN, BK, slots)
-    import pithtrain.experts as X; X._WS_WG_CFG = tuple(int(x) for x in os.environ['WG_CFG'].split(','))
-if os.environ.get('FC1_CFG'):   # experts._WS_FC1_CFG (BH, BK, slots, output buffers) for a same-call comparison
-    import pithtrain.experts as X; X._WS_FC1_CFG = tuple(int(v) for v in os.environ['FC1_CFG'].split(','))
+import pithtrain.experts as X   # the Gluon kernels' configurations from the environment, for same-call comparisons:
+env = lambda k: tuple(int(x) for x in os.environ[k].split(',')) if os.environ.get(k) else None
+if env('PMM_CFG'): X._WS_CFG, X._WS_CS = env('PMM_CFG')[:4], env('PMM_CFG')[4]   # (BM, BN, BK, slots, store chunks)
+if env('WG_CFG'): X._WS_WG_CFG = env('WG_CFG')                                     # (BM, BN, BK, slots)
+if env('FC1_CFG'): X._WS_FC1_CFG = env('FC1_CFG')                                  # (BH, BK, slots, output buffers)
 _ov = O.AdamW.overlap
 def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
