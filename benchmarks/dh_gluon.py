@@ -140,26 +140,16 @@ def fused(dy, offs, w2, gu, rw, table, cfg=CFGS[0]):
 def rel(x, y): return ((x.double() - y.double()).norm() / y.double().norm()).item()
 
 def compile_only():
-    import re, subprocess, glob
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/ptxas'))[0]
-    lay = lambda shape: gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
-    d = lambda shape: f'tensordesc<bf16[{shape[0]},{shape[1]}],{lay(shape)!r}>'
+    "Compile every configuration for sm90 on this machine: shared memory, registers and spills (ptxas -v)."
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import bf16_desc as d, sm90_report
     BM = X._WS_CFG[0]
     for BN, BK, S in CFGS:
         for roww in (False, True):
             sig = dict(a_d=d([BM, BK]), w_d=d([BN, BK]), g_d=d([BM, BN]), u_d=d([BM, BN]), dg_d=d([BM, BN]), du_d=d([BM, BN]),
                        dgu='*bf16', rw='*fp32', drw='*fp32', table='*i32', K='i32', I='i32', NR='i32', NPROG='i32', ROWW='constexpr',
                        DW='constexpr', BM='constexpr', BN='constexpr', BK='constexpr', S='constexpr')
-            try:
-                ck = triton.compile(GluonASTSource(_dh_ws_kernel, sig, dict(ROWW=roww, DW=roww, BM=BM, BN=BN, BK=BK, S=S)),
-                                    target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=168))
-                open('/tmp/dh_ws.ptx', 'w').write(ck.asm['ptx'])
-                o = subprocess.run([ptxas, '-arch=sm_90a', '-v', '/tmp/dh_ws.ptx', '-o', '/tmp/dh_ws.cubin'], capture_output=True, text=True).stderr
-                print((BN, BK, S), 'ROWW+DW', roww, 'smem', ck.metadata.shared, 'regs', re.findall(r'Used (\d+) registers', o),
-                      'spill', re.findall(r'(\d+) bytes spill stores', o), flush=True)
-            except Exception as ex: print((BN, BK, S), 'FAILED', str(ex)[-1500:], flush=True)
+            sm90_report(_dh_ws_kernel, sig, dict(ROWW=roww, DW=roww, BM=BM, BN=BN, BK=BK, S=S), (BN, BK, S), 'ROWW+DW', roww)
 
 def case(name):
     "One debugging case in its own process: `tiny` (experts of 0, 1, 200, 130, 33 rows; I 96) or `small` (the e2e shape)."

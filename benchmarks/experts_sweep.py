@@ -62,6 +62,28 @@ def interleaved_rows(fns:dict, rounds:int, rep:int=40, flop:float|None=None, **k
         rows.append(dict(r, us=[round(t, 1) for t in us])); print(rows[-1], flush=True)
     return rows
 
+def bf16_desc(shape)->str:
+    "The signature type of a bf16 tensor descriptor for `shape` with its default NVMMA layout (for `sm90_report`)."
+    from triton.experimental.gluon import language as gl
+    return f'tensordesc<bf16[{shape[0]},{shape[1]}],{gl.NVMMASharedLayout.get_default_for(list(shape), gl.bfloat16)!r}>'
+
+def sm90_report(kern, sig:dict, constexprs:dict, *label):
+    """Compile the Gluon kernel `kern` for sm90 on this machine (no GPU needed) and print `label`, its shared memory, and
+    the registers and spill-store bytes `ptxas -v` reports — or the failure's last 1500 characters."""
+    import re, subprocess, glob, tempfile, triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/ptxas'))[0]
+    try:
+        ck = triton.compile(GluonASTSource(kern, sig, constexprs), target=GPUTarget('cuda', 90, 32),
+                            options=dict(num_warps=4, maxnreg=168))
+        with tempfile.TemporaryDirectory() as d:
+            open(f'{d}/k.ptx', 'w').write(ck.asm['ptx'])
+            o = subprocess.run([ptxas, '-arch=sm_90a', '-v', f'{d}/k.ptx', '-o', f'{d}/k.cubin'], capture_output=True, text=True).stderr
+        print(*label, 'smem', ck.metadata.shared, 'regs', re.findall(r'Used (\d+) registers', o),
+              'spill', re.findall(r'(\d+) bytes spill stores', o), flush=True)
+    except Exception as ex: print(*label, 'FAILED', str(ex)[-1500:], flush=True)
+
 def isolated_cases(script:str, names, timeout:int=90, tail:int=600, tail_err:int|None=None):
     """Run `script --case NAME` for each name in a process of its own (CUDA_LAUNCH_BLOCKING=1: a failed launch poisons
     only its own CUDA context) and print each one's exit code and the end of its output; a timeout reads as a hang."""

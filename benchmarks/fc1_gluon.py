@@ -14,8 +14,7 @@ registers and stores h, g and u while the other consumer multiplies. Gluon does 
 """
 import os, sys, json, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-import torch, triton
-from triton.experimental.gluon import language as gl
+import torch
 from pithtrain import experts as X
 
 CFGS = ((64, 64, 4, 3), (64, 64, 6, 1), (64, 64, 5, 1), (64, 32, 10, 1))   # (BH, BK, slots, output buffers a consumer); rows per tile: experts._WS_CFG[0]
@@ -35,27 +34,16 @@ def reference(a, offs, w1, rw):
     return h, gu
 
 def compile_only():
-    "Compile every configuration for sm90 on this machine: shared memory and registers (ptxas -v)."
-    import re, subprocess, glob
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/ptxas'))[0]
-    lay = lambda shape: gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
-    ds = lambda shape: f'tensordesc<bf16[{shape[0]},{shape[1]}],{lay(shape)!r}>'
+    "Compile every configuration for sm90 on this machine: shared memory, registers and spills (ptxas -v)."
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import bf16_desc as ds, sm90_report
     BM = X._WS_CFG[0]
     for BH, BK, S, NB in CFGS:
         for roww in (False, True):
             sig = dict(a_d=ds([BM, BK]), w_d=ds([BK, BH]), h_d=ds([BM, BH]), g_d=ds([BM, BH]), u_d=ds([BM, BH]), h='*bf16',
                        gu='*bf16', rw='*fp32', table='*i32', K='i32', I='i32', NPROG='i32', ROWW='constexpr', BM='constexpr',
                        BH='constexpr', BK='constexpr', S='constexpr', NB='constexpr')
-            try:
-                ck = triton.compile(GluonASTSource(X._fc1_ws_kernel, sig, dict(ROWW=roww, BM=BM, BH=BH, BK=BK, S=S, NB=NB)),
-                                    target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=168))
-                open('/tmp/fc1_ws.ptx', 'w').write(ck.asm['ptx'])
-                o = subprocess.run([ptxas, '-arch=sm_90a', '-v', '/tmp/fc1_ws.ptx', '-o', '/tmp/fc1_ws.cubin'], capture_output=True, text=True).stderr
-                print((BH, BK, S, NB), 'ROWW', roww, 'smem', ck.metadata.shared, 'regs', re.findall(r'Used (\d+) registers', o),
-                      'spill', re.findall(r'(\d+) bytes spill stores', o), flush=True)
-            except Exception as ex: print((BH, BK, S, NB), 'ROWW', roww, 'FAILED', str(ex)[-1500:], flush=True)
+            sm90_report(X._fc1_ws_kernel, sig, dict(ROWW=roww, BM=BM, BH=BH, BK=BK, S=S, NB=NB), (BH, BK, S, NB), 'ROWW', roww)
 
 def case(name):
     "One debugging case in its own process: `tiny` (experts of 0, 1, 200, 130, 33 rows) or `small` (the e2e shape)."

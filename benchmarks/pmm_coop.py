@@ -18,7 +18,7 @@ accumulation); rows come from the library's tile table (128-row tiles of an expe
 """
 import os, sys, json, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-import torch, triton
+import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import tma, mbarrier, fence_async_shared, warpgroup_mma, warpgroup_mma_wait
@@ -120,26 +120,14 @@ def pmm_coop(a, offs, w, c, K, NO, tw, table=None, cfg=CFGS[0]):
 
 def compile_only():
     "Compile every configuration for sm90 on this machine: shared memory, registers and spills (ptxas -v)."
-    import re, subprocess, glob
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/ptxas'))[0]
-    lay = lambda shape: gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
-    d = lambda shape: f'tensordesc<bf16[{shape[0]},{shape[1]}],{lay(shape)!r}>'
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import bf16_desc as d, sm90_report
     for BM, BN, BK, S in CFGS:
         for tw in (False, True):
             sig = dict(a_d=d([BM, BK]), w_d=d([2 * BN, BK] if tw else [BK, 2 * BN]), c_d=d([BM, BN // 2]), c='*bf16', table='*i32',
                        K='i32', NO='i32', sc_m='i32', NPROG='i32', TW='constexpr', BM='constexpr', BN='constexpr', BK='constexpr',
                        S='constexpr')
-            try:
-                ck = triton.compile(GluonASTSource(_pmm_coop_kernel, sig, dict(TW=tw, BM=BM, BN=BN, BK=BK, S=S)),
-                                    target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=168))
-                open('/tmp/pmm_coop.ptx', 'w').write(ck.asm['ptx'])
-                o = subprocess.run([ptxas, '-arch=sm_90a', '-v', '/tmp/pmm_coop.ptx', '-o', '/tmp/pmm_coop.cubin'], capture_output=True,
-                                   text=True).stderr
-                print((BM, BN, BK, S), 'tw', tw, 'smem', ck.metadata.shared, 'regs', re.findall(r'Used (\d+) registers', o),
-                      'spill', re.findall(r'(\d+) bytes spill stores', o), flush=True)
-            except Exception as ex: print((BM, BN, BK, S), 'tw', tw, 'FAILED', str(ex)[-1500:], flush=True)
+            sm90_report(_pmm_coop_kernel, sig, dict(TW=tw, BM=BM, BN=BN, BK=BK, S=S), (BM, BN, BK, S), 'tw', tw)
 
 def rel(x, y): return ((x.float() - y.float()).norm() / y.float().norm()).item()
 

@@ -12,8 +12,7 @@ runs small cases first, each in its own process (a failed launch poisons the CUD
 """
 import os, sys, json, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-import torch, triton
-from triton.experimental.gluon import language as gl
+import torch
 from pithtrain import experts as X
 
 CFGS = ((128, 128, 64, 5, 1), (128, 128, 64, 6, 2), (128, 128, 64, 5, 2))   # (BM, BN, BK, slots, store chunks `_WS_CS`);
@@ -33,26 +32,15 @@ def pmm(a, offs, w, c, K, NO, tw):
     finally: X._WS = was
 
 def compile_only():
-    "Compile every configuration for sm90 on this machine: shared memory and registers (ptxas -v)."
-    import re, subprocess, glob
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/ptxas'))[0]
+    "Compile every configuration for sm90 on this machine: shared memory, registers and spills (ptxas -v)."
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from experts_sweep import bf16_desc as d, sm90_report
     for (BM, BN, BK, S, CS) in CFGS:
         for tw in (False, True):
-            lay = lambda shape: gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
-            d = lambda shape: f'tensordesc<bf16[{shape[0]},{shape[1]}],{lay(shape)!r}>'
             sig = dict(a_d=d([BM, BK]), w_d=d([BN, BK] if tw else [BK, BN]), c_d=d([BM, BN // CS]), c='*bf16', table='*i32', K='i32',
                        NO='i32', sc_m='i32', NPROG='i32', TW='constexpr', BM='constexpr', BN='constexpr', BK='constexpr', S='constexpr',
                        CS='constexpr')
-            try:
-                ck = triton.compile(GluonASTSource(X._pmm_ws_kernel, sig, dict(TW=tw, BM=BM, BN=BN, BK=BK, S=S, CS=CS)),
-                                    target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=168))
-                open('/tmp/pmm_ws.ptx', 'w').write(ck.asm['ptx'])
-                o = subprocess.run([ptxas, '-arch=sm_90a', '-v', '/tmp/pmm_ws.ptx', '-o', '/tmp/pmm_ws.cubin'], capture_output=True, text=True).stderr
-                print((BM, BN, BK, S), 'tw', tw, 'smem', ck.metadata.shared, 'regs', re.findall(r'Used (\d+) registers', o),
-                      'spill', re.findall(r'(\d+) bytes spill stores', o), flush=True)
-            except Exception as ex: print((BM, BN, BK, S), 'tw', tw, 'FAILED', str(ex)[-1500:], flush=True)
+            sm90_report(X._pmm_ws_kernel, sig, dict(TW=tw, BM=BM, BN=BN, BK=BK, S=S, CS=CS), (BM, BN, BK, S, CS), 'tw', tw)
 
 def main(rounds=4):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
