@@ -27,25 +27,6 @@ from pithtrain import experts as X
 CFGS = ((128, 128, 64, 4),)   # (BM, BN, BK, slots): BN columns a consumer, 2·BN a slot's B tile
 
 @gluon.jit
-def _coop_producer(a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW:gl.constexpr, BN:gl.constexpr,
-                   BK:gl.constexpr, S:gl.constexpr):
-    "One warp: per (row tile, column pair) of this program and k-step, A's (BM, BK) box and B's 2·BN-wide box into a slot."
-    n_p = gl.cdiv(NO, 2 * BN)
-    nk = gl.cdiv(K, BK)
-    c = 0
-    for t in range(gl.program_id(0), gl.load(table) * n_p, NPROG):
-        pm, pp = t // n_p, t % n_p
-        row0, e = gl.load(table + 1 + 3 * pm), gl.load(table + 3 + 3 * pm)
-        for k in range(nk):
-            s = c % S
-            mbarrier.wait(empty.index(s), ((c // S) & 1) ^ 1)   # both consumers are done with the slot's last fill
-            mbarrier.expect(ready.index(s), a_d.block_type.nbytes + w_d.block_type.nbytes)
-            tma.async_copy_global_to_shared(a_d, [row0, k * BK], ready.index(s), a_bufs.index(s))
-            if TW: tma.async_copy_global_to_shared(w_d, [e * NO + pp * 2 * BN, k * BK], ready.index(s), b_bufs.index(s))
-            else: tma.async_copy_global_to_shared(w_d, [e * K + k * BK, pp * 2 * BN], ready.index(s), b_bufs.index(s))
-            c += 1
-
-@gluon.jit
 def _coop_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_bufs, WHO:gl.constexpr, TW:gl.constexpr,
                    BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr):
     "One warpgroup: of every tile of this program, columns WHO·BN … of the pair, from every slot (no turns), stored in two"
@@ -104,7 +85,8 @@ def _pmm_coop_kernel(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, TW:gl.constexp
                                           BK, S)),
                         (_coop_consumer, (c_d, c, table, K, NO, sc_m, NPROG, ready, empty, a_bufs, b_bufs, c_bufs, 1, TW, BM, BN,
                                           BK, S)),
-                        (_coop_producer, (a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW, BN, BK, S))],
+                        # the library's loading warp with 2·BN-wide B boxes: tile t is (row tile, column pair), its box at pair·2BN
+                        (X._ws_producer, (a_d, w_d, table, K, NO, NPROG, ready, empty, a_bufs, b_bufs, TW, False, BM, 2 * BN, BK, S))],
                        [4, 1], [232, 40])
 
 def pmm_coop(a, offs, w, c, K, NO, tw, table=None, cfg=CFGS[0]):
