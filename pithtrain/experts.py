@@ -369,6 +369,14 @@ if _GLUON:
         gl.thread_barrier()
 
     @gluon.jit
+    def _tma_out(buf, v, desc, r, c):
+        "v into the shared-memory buffer once its last TMA store has read it out, then a TMA store of it to desc at (r, c)."
+        tma.store_wait(0)
+        buf.store(v)
+        fence_async_shared()
+        tma.async_copy_shared_to_global(desc, [r, c], buf)
+
+    @gluon.jit
     def _ws_consumer(c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, WHO:gl.constexpr,
                      TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, CS:gl.constexpr):
         "One warpgroup of the plain product: tiles WHO, WHO + 2, … of this program's sequence, stored from c_bufs[WHO] (whole"
@@ -387,19 +395,9 @@ if _GLUON:
             if row0 + BM <= rend:   # a whole tile of this expert's rows: TMA store (the buffer's last one must be out)
                 if CS == 2:   # in two column halves through a half-width buffer (column bit 6 is a register bit)
                     x, y = gl.split(gl.permute(gl.reshape(out, [BM, 2, BN // 2]), [0, 2, 1]))
-                    tma.store_wait(0)
-                    c_buf.store(x)
-                    fence_async_shared()
-                    tma.async_copy_shared_to_global(c_d, [row0, pn * BN], c_buf)
-                    tma.store_wait(0)
-                    c_buf.store(y)
-                    fence_async_shared()
-                    tma.async_copy_shared_to_global(c_d, [row0, pn * BN + BN // 2], c_buf)
-                else:
-                    tma.store_wait(0)
-                    c_buf.store(out)
-                    fence_async_shared()
-                    tma.async_copy_shared_to_global(c_d, [row0, pn * BN], c_buf)
+                    _tma_out(c_buf, x, c_d, row0, pn * BN)
+                    _tma_out(c_buf, y, c_d, row0, pn * BN + BN // 2)
+                else: _tma_out(c_buf, out, c_d, row0, pn * BN)
             else:
                 rm = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, acc_l))
                 rn = pn * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
@@ -465,15 +463,9 @@ if _GLUON:
                 hv = hv * gl.load(rw + gl.minimum(rr, rend - 1)).to(gl.float32)[:, None]
             if row0 + BM <= rend:   # a whole tile of this expert's rows: three TMA stores
                 if NB == 1:   # through one buffer, each store out before the next fills it
-                    for i in gl.static_range(3):
-                        tma.store_wait(0)
-                        if i == 0: o_bufs.index(WHO).store(hv.to(h.dtype.element_ty))
-                        elif i == 1: o_bufs.index(WHO).store(g.to(gu.dtype.element_ty))
-                        else: o_bufs.index(WHO).store(u.to(gu.dtype.element_ty))
-                        fence_async_shared()
-                        if i == 0: tma.async_copy_shared_to_global(h_d, [row0, pn * BH], o_bufs.index(WHO))
-                        elif i == 1: tma.async_copy_shared_to_global(g_d, [row0, pn * BH], o_bufs.index(WHO))
-                        else: tma.async_copy_shared_to_global(u_d, [row0, pn * BH], o_bufs.index(WHO))
+                    _tma_out(o_bufs.index(WHO), hv.to(h.dtype.element_ty), h_d, row0, pn * BH)
+                    _tma_out(o_bufs.index(WHO), g.to(gu.dtype.element_ty), g_d, row0, pn * BH)
+                    _tma_out(o_bufs.index(WHO), u.to(gu.dtype.element_ty), u_d, row0, pn * BH)
                 else:   # through three (the buffers' last stores out first)
                     tma.store_wait(0)
                     o_bufs.index(3 * WHO).store(hv.to(h.dtype.element_ty))
