@@ -103,16 +103,18 @@ def main(argv=None):
     ap.add_argument('--cpu-smoke', action='store_true', help='tiny sizes on CPU (checks the logic; no timing claims)')
     ap.add_argument('--out', default=None, help='also write the JSON into this folder')
     ap.add_argument('--rep-ms', type=float, default=1000, help='do_bench repetition time per measurement (ms)')
+    ap.add_argument('--kernel-only', action='store_true', help='only the row kernel sweep (no LM-head variants, no GEMM floor)')
+    ap.add_argument('--rounds', type=int, default=3, help='interleaved rounds of the row kernel sweep')
     a = ap.parse_args(argv)
     cuda = not a.cpu_smoke
     if cuda and not torch.cuda.is_available(): sys.exit('no CUDA device: run with --cpu-smoke on CPU')
     dev = 'cuda' if cuda else 'cpu'
     shapes = SHAPES if cuda else {'smoke A': (512, 64, 3000), 'smoke B': (256, 32, 1000)}
     date = datetime.date.today().isoformat()
-    name = f'cross_entropy-{date}.json'
+    name = f"cross_entropy{'-kernel' if a.kernel_only else ''}-{date}.json"
     here = os.path.dirname(os.path.abspath(__file__))
     dirs = [os.path.join(here, 'results') if cuda else tempfile.mkdtemp()] + [d for d in (a.out, os.environ.get('OUT')) if d]
-    cmd = 'python3 benchmarks/cross_entropy.py' + (' --cpu-smoke' if a.cpu_smoke else '') + (f' --out {a.out}' if a.out else '')
+    cmd = 'python3 benchmarks/cross_entropy.py' + (' --cpu-smoke' if a.cpu_smoke else '') + (f' --out {a.out}' if a.out else '') + (' --kernel-only' if a.kernel_only else '')
     res = {'date': date, 'device': torch.cuda.get_device_name() if cuda else 'cpu (smoke)', 'command': cmd,
            'torch': torch.__version__, 'triton': triton.__version__, 'autocast': 'bfloat16', 'flops': '6*T*H*V',
            'ce_chunk_bytes': layers.CE_CHUNK_BYTES, 'rows': [], 'gemm_floor': [], 'kernel_sweep': []}
@@ -129,9 +131,9 @@ def main(argv=None):
         y = torch.randint(0, V, (T,), device=dev); y[::10] = -100
         flop = 6 * T * H * V
         chunk = ce_chunk(T, V, 2)
-        ref = fp32_reference(h, w, y)
+        ref = None if a.kernel_only else fp32_reference(h, w, y)
         print(f"\n{shape}: T={T} H={H} V={V}, fused chunk {chunk}; full fp32 logits would be {T * V * 4 / 1e9:.2f} GB", flush=True)
-        variants = {
+        variants = {} if a.kernel_only else {
             'fused': (lambda: cross_entropy(h, w, y), (h, w)),
             'fused, torch rows': (lambda: cross_entropy(h, w, y, backend='torch'), (h, w)),
             'fused, fp32 master head': (lambda: cross_entropy(h, w32, y), (h, w32)),
@@ -139,7 +141,7 @@ def main(argv=None):
             'full logits': (lambda: full_logits_ce(h, w, y), (h, w)),
         }
         v1_ms = None
-        print(f"{'variant':26s} {'ms':>8s} {'TFLOP/s':>8s} {'peak GB':>8s}  rel err loss / dH / dW")
+        if variants: print(f"{'variant':26s} {'ms':>8s} {'TFLOP/s':>8s} {'peak GB':>8s}  rel err loss / dH / dW")
         for vname, (fn, params) in variants.items():
             def step():
                 for p in params: p.grad = None
@@ -161,33 +163,41 @@ def main(argv=None):
             for p in params: p.grad = None
         for row in res['rows']:
             if row['shape'] == shape and v1_ms: row['speedup_vs_v1'] = v1_ms / row['ms']
-        print('speed-up vs chunked v1:', {r['variant']: round(r['speedup_vs_v1'], 2) for r in res['rows'] if r['shape'] == shape})
+        if variants: print('speed-up vs chunked v1:', {r['variant']: round(r['speedup_vs_v1'], 2) for r in res['rows'] if r['shape'] == shape})
         res['dw_fp32_addmm'] = layers._ADDMM_F32.get('cuda', True) if cuda else None
         save()
 
         # the floor: the three bf16 GEMMs of the fused version's chunks, nothing else
-        hb, wb = h.detach(), w.detach()
-        lgs = [torch.randn(min(chunk, T - i), V, device=dev).bfloat16() for i in range(0, T, chunk)]
-        def gemms():
-            for j, i in enumerate(range(0, T, chunk)):
-                hc = hb[i:i + chunk]
-                torch.mm(hc, wb.t(), out=lgs[j]); _ = lgs[j] @ wb; _ = lgs[j].t() @ hc
-        ms = bench(gemms, cuda, a.rep_ms)
-        res['gemm_floor'].append(dict(shape=shape, chunk=chunk, ms=ms, tflops=flop / ms / 1e9)); save()
-        print(f"three GEMMs alone: {ms:.2f} ms ({flop / ms / 1e9:.1f} TFLOP/s)", flush=True)
-        del lgs
+        if not a.kernel_only:
+            hb, wb = h.detach(), w.detach()
+            lgs = [torch.randn(min(chunk, T - i), V, device=dev).bfloat16() for i in range(0, T, chunk)]
+            def gemms():
+                for j, i in enumerate(range(0, T, chunk)):
+                    hc = hb[i:i + chunk]
+                    torch.mm(hc, wb.t(), out=lgs[j]); _ = lgs[j] @ wb; _ = lgs[j].t() @ hc
+            ms = bench(gemms, cuda, a.rep_ms)
+            res['gemm_floor'].append(dict(shape=shape, chunk=chunk, ms=ms, tflops=flop / ms / 1e9)); save()
+            print(f"three GEMMs alone: {ms:.2f} ms ({flop / ms / 1e9:.1f} TFLOP/s)", flush=True)
+            del lgs
 
         # the row kernel alone over one chunk: bytes = read (+ read + write with the gradient)
         if cuda:
             n = min(chunk, T)
             lg = (torch.randn(n, V, device=dev) * 2).bfloat16()
             yy, out, sc = y[:n].contiguous(), torch.empty(n, device=dev), torch.tensor(1 / n, device=dev)
-            for BV, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 8), (8192, 16)):
-                for grad in (True, False):
-                    ms = bench(lambda: _ce_rows(lg, yy, sc, grad, out, block=BV, warps=warps), cuda, 200)
-                    gbs = (3 if grad else 1) * n * V * 2 / ms / 1e6
-                    res['kernel_sweep'].append(dict(shape=shape, rows=n, block=BV, warps=warps, grad=grad, ms=ms, gb_per_s=gbs))
-                    print(f"row kernel BV={BV:5d} warps={warps:2d} grad={grad!s:5s}: {ms:6.3f} ms {gbs:7.0f} GB/s", flush=True)
+            # (block, warps); None: `_ce_rows`'s defaults. A block ≥ V reads the row once (bytes counted as 2 then).
+            # Interleaved: every setting once a round, the median of the rounds.
+            cfgs = [(1024, 4), (2048, 4), (4096, 8), (8192, 8), (32768, 8), (32768, 16), (32768, 32), (None, None)]
+            times = {(c, grad): [] for c in cfgs for grad in (True, False)}
+            for _ in range(a.rounds):
+                for (BV, warps), grad in times:
+                    times[(BV, warps), grad].append(bench(lambda: _ce_rows(lg, yy, sc, grad, out, block=BV, warps=warps), cuda, 200))
+            for ((BV, warps), grad), ts in times.items():
+                ms, one = statistics.median(ts), (BV or (V if V <= layers.CE_ONE_PASS else 0)) >= V
+                gbs = ((2 if one else 3) if grad else 1) * n * V * 2 / ms / 1e6
+                res['kernel_sweep'].append(dict(shape=shape, rows=n, block=BV, warps=warps, one_pass=one, grad=grad, ms=ms,
+                                                ms_rounds=ts, gb_per_s=gbs))
+                print(f"row kernel BV={BV!s:5s} warps={warps!s:4s} one={one!s:5s} grad={grad!s:5s}: {ms:6.3f} ms {gbs:7.0f} GB/s", flush=True)
             save()
             del lg
         del h, w, w32, ref
