@@ -192,7 +192,8 @@ def main(argv=None):
             times = {(c, grad): [] for c in cfgs for grad in (True, False)}
             for _ in range(a.rounds):
                 for (BV, warps), grad in times:
-                    times[(BV, warps), grad].append(bench(lambda: _ce_rows(lg, yy, sc, grad, out, block=BV, warps=warps), cuda, 200))
+                    kw = {} if BV is None else dict(block=BV, warps=warps)   # (None, None): what the library calls
+                    times[(BV, warps), grad].append(bench(lambda: _ce_rows(lg, yy, sc, grad, out, **kw), cuda, 200))
             for ((BV, warps), grad), ts in times.items():
                 ms = statistics.median(ts)
                 gbs = (3 if grad else 1) * n * V * 2 / ms / 1e6
