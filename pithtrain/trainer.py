@@ -56,6 +56,7 @@ class TrainConfig(Config):
     nan_policy:str = choice('stop', 'skip')
     activation_checkpointing:bool = False
     compile:bool = False                  # torch.compile the dense (non-MoE) parts of each block
+    compile_tune:bool = True              # with compile: Inductor's coordinate-descent tuning of its kernels (first compile slower, cached)
     cuda_graph:bool = False               # replay forward + backward as one CUDA graph (`GraphedStep`; one process, grad_accum 1)
     overlap_optimizer:bool = False        # with cuda_graph and AdamW: its step on a side stream beside the next forward
     dtype:str = choice('auto', 'bf16', 'fp32')  # compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU
@@ -120,8 +121,12 @@ def checkpoint_blocks(model:nn.Module):
         fwd = b.forward
         b.forward = lambda *a, _f=fwd, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
-def compile_dense(model:nn.Module, **kw): # `kw`: passed to `torch.compile` (e.g. `backend`)
+def compile_dense(model:nn.Module,
+                  tune:bool=True, # inductor backend, no `mode`: coordinate-descent tuning of the generated kernels
+                  **kw): # passed to `torch.compile` (e.g. `backend`)
     "`torch.compile` the dense parts of each block (its `attend` half when it has one, every child that holds no router) and the final norm."
+    if tune and kw.get('backend', 'inductor') == 'inductor' and kw.get('mode') is None:   # `mode` and `options` exclude each other
+        kw['options'] = {'coordinate_descent_tuning': True, **kw.get('options', {})}
     norm = getattr(model, 'norm', None)   # eager, its fp32 RMSNorm is about ten small kernels each way; `forward` only: hooks stay eager
     if isinstance(norm, nn.Module): norm.forward = torch.compile(norm.forward, **kw)
     for b in _blocks(model):
@@ -378,7 +383,7 @@ def train(cfg:TrainConfig,              # the run's config
         if last is None and (run_dir/'metrics.jsonl').exists(): (run_dir/'metrics.jsonl').unlink()
     metrics = Metrics(run_dir, cfg, step if last is not None else None, config=extra) if info.is_main else _NoMetrics()
     if cfg.activation_checkpointing: checkpoint_blocks(model)
-    if cfg.compile: compile_dense(model)
+    if cfg.compile: compile_dense(model, tune=cfg.compile_tune)
     if cfg.cuda_graph and (device.type != 'cuda' or info.distributed):
         raise ConfigError(f"TrainConfig.cuda_graph: needs one process on a CUDA device (got {device}, world {info.world})")
     ov = opt if cfg.cuda_graph and cfg.overlap_optimizer and hasattr(opt, 'overlap') and opt._triton() else None
