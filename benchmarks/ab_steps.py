@@ -26,6 +26,8 @@ _ov = O.AdamW.overlap
 def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
 import pithtrain.trainer as T
+if os.environ.get('TUNE') == '0':   # Inductor without its coordinate-descent tuning (`compile_dense(tune=False)`)
+    _cd = T.compile_dense; T.compile_dense = lambda model, tune=True, **kw: _cd(model, tune=False, **kw)
 _call = T.GraphedStep.__call__
 def _main_hi(self, batches):   # 'overlap-main': the graph replayed on a high-priority stream (AdamW's side stream stays low)
     if not hasattr(self, '_hs'): self._hs = torch.cuda.Stream(self.device, priority=-1)
