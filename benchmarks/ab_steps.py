@@ -26,6 +26,8 @@ _ov = O.AdamW.overlap
 def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
 import pithtrain.trainer as T
+for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDUCTOR=split_reductions=0: Inductor's config
+    import torch._inductor.config as IC; k, v = kv.split('='); setattr(IC, k, type(getattr(IC, k))(int(v) if v.isdigit() else v))
 if os.environ.get('TUNE') == '0':   # Inductor without its coordinate-descent tuning (`compile_dense(tune=False)`)
     _cd = T.compile_dense; T.compile_dense = lambda model, tune=True, **kw: _cd(model, tune=False, **kw)
 _call = T.GraphedStep.__call__
