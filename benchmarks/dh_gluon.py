@@ -21,7 +21,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import tma, mbarrier, fence_async_shared
 from pithtrain import experts as X
-from pithtrain.experts import _ws_producer, _ws_mma, _ws_smem, _WS_CFG, _GL_DT, GluonDescriptor, _nprog, _tile_table
+from pithtrain.experts import _ws_producer, _ws_mma, _ws_smem, _WS_CFG, _gdesc, _nprog, _tile_table
 
 CFGS = ((64, 64, 6), (64, 64, 5), (64, 32, 10))   # (BN, BK, slots); rows per tile: experts._WS_CFG[0]
 
@@ -107,12 +107,10 @@ def dgu_ws(dy, offs, w2c, gu, dgu, rw=None, need_drw=False, table=None, cfg=CFGS
     "`experts._dgu`'s SwiGLU case by `_dh_ws_kernel`: dh never leaves the kernel; drw summed from (column tiles, N) partials."
     BM, (BN, BK, S) = _WS_CFG[0], cfg
     (N, H), I = dy.shape, gu.shape[1] // 2
-    dt = getattr(gl, _GL_DT[dy.dtype])
-    desc = lambda t, shape: GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
     part = torch.empty(triton.cdiv(I, BN), N, device=dy.device, dtype=torch.float32) if need_drw else None
     n = _nprog(dy.device)
-    _dh_ws_kernel[(n,)](desc(dy, [BM, BK]), desc(w2c.view(-1, H), [BN, BK]), desc(gu[:, :I], [BM, BN]), desc(gu[:, I:], [BM, BN]),
-                        desc(dgu[:, :I], [BM, BN]), desc(dgu[:, I:], [BM, BN]), dgu, rw if rw is not None else dgu,
+    _dh_ws_kernel[(n,)](_gdesc(dy, [BM, BK]), _gdesc(w2c.view(-1, H), [BN, BK]), _gdesc(gu[:, :I], [BM, BN]),
+                        _gdesc(gu[:, I:], [BM, BN]), _gdesc(dgu[:, :I], [BM, BN]), _gdesc(dgu[:, I:], [BM, BN]), dgu, rw if rw is not None else dgu,
                         part if need_drw else dgu, table if table is not None else _tile_table(offs, N, BM), H, I, N, n,
                         ROWW=rw is not None, DW=need_drw, BM=BM, BN=BN, BK=BK, S=S, num_warps=4, maxnreg=168)
     return dgu, part.sum(0) if need_drw else None

@@ -92,11 +92,9 @@ def _pmm_coop_kernel(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, TW:gl.constexp
 def pmm_coop(a, offs, w, c, K, NO, tw, table=None, cfg=CFGS[0]):
     "As `experts._pmm_ws(a, offs, w, c, K, NO, tw)`, by `_pmm_coop_kernel`."
     BM, BN, BK, S = cfg
-    dt = getattr(gl, X._GL_DT[a.dtype])
-    desc = lambda t, shape: X.GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
     n = X._nprog(c.device)
-    _pmm_coop_kernel[(n,)](desc(a, [BM, BK]), desc(w.view(-1, w.shape[-1]), [2 * BN, BK] if tw else [BK, 2 * BN]),
-                           desc(c, [BM, BN // 2]), c, table if table is not None else X._tile_table(offs, c.shape[0], BM), K, NO,
+    _pmm_coop_kernel[(n,)](X._gdesc(a, [BM, BK]), X._gdesc(w.view(-1, w.shape[-1]), [2 * BN, BK] if tw else [BK, 2 * BN]),
+                           X._gdesc(c, [BM, BN // 2]), c, table if table is not None else X._tile_table(offs, c.shape[0], BM), K, NO,
                            c.stride(0), n, TW=tw, BM=BM, BN=BN, BK=BK, S=S, num_warps=4, maxnreg=168)
     return c
 

@@ -742,6 +742,13 @@ def _nprog(dev:torch.device)->int:
 
 _GL_DT = {torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 
+def _gdesc(t:torch.Tensor, # a 2-D view with 16-byte rows, bf16 or fp16
+           shape:list      # the box a TMA copy moves
+          ):
+    "A Gluon TMA descriptor over `t` for `shape` boxes in its dtype's default (swizzled) shared layout: the Gluon kernels'"
+    " operands and outputs."
+    return GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, getattr(gl, _GL_DT[t.dtype])))
+
 def _ws_ok(a, w, c, bias)->bool:
     "Can this plain product take the warp-specialised Gluon kernel: Gluon, compute capability 9.x, 16-bit operands, no bias —"
     " and, by default, a CUDA graph being captured (the launch's host cost is paid once there)."
@@ -752,13 +759,11 @@ def _ws_ok(a, w, c, bias)->bool:
 def _pmm_ws(a, offs, w, c, K, NO, tw, table=None):
     "c[rows of e] = a[rows of e] @ w[e] (w (E, K, NO)), or @ w[e]ᵀ with tw (w (E, NO, K)), by `_pmm_ws_kernel`."
     BM, BN, BK, S = _WS_CFG
-    dt = getattr(gl, _GL_DT[a.dtype])
-    desc = lambda t, shape: GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
     n = _nprog(c.device)
     # 4 + 4 + 1 warps, allocated by whole warpgroups: 12 × 32 threads × 168 registers fill the register file; the
     # consumers then raise theirs to 232 and the loading warp drops to 40 (`setmaxnreg`)
-    _pmm_ws_kernel[(n,)](desc(a, [BM, BK]), desc(w.view(-1, w.shape[-1]), [BN, BK] if tw else [BK, BN]), desc(c, [BM, BN // _WS_CS]),
-                         c, table if table is not None else _tile_table(offs, c.shape[0], BM), K, NO, c.stride(0), n,
+    _pmm_ws_kernel[(n,)](_gdesc(a, [BM, BK]), _gdesc(w.view(-1, w.shape[-1]), [BN, BK] if tw else [BK, BN]),
+                         _gdesc(c, [BM, BN // _WS_CS]), c, table if table is not None else _tile_table(offs, c.shape[0], BM), K, NO, c.stride(0), n,
                          TW=tw, BM=BM, BN=BN, BK=BK, S=S, CS=_WS_CS, num_warps=4, maxnreg=168)
     return c
 
@@ -766,11 +771,9 @@ def _fc1_ws(a, offs, w1, h, gu, rw=None, table=None):
     "h, gu = fc1 of the plan rows a (N, H) with w1 (E, H, 2I) (gate | up), as `_fc1` computes them, by `_fc1_ws_kernel`."
     (BM, _, _, _), (BH, BK, S, NB) = _WS_CFG, _WS_FC1_CFG
     (N, K), I = a.shape, h.shape[1]
-    dt = getattr(gl, _GL_DT[a.dtype])
-    desc = lambda t, shape: GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
     n = _nprog(h.device)
-    _fc1_ws_kernel[(n,)](desc(a, [BM, BK]), desc(w1.view(-1, w1.shape[-1]), [BK, BH]), desc(h, [BM, BH]), desc(gu[:, :I], [BM, BH]),
-                         desc(gu[:, I:], [BM, BH]), h, gu, rw if rw is not None else h,
+    _fc1_ws_kernel[(n,)](_gdesc(a, [BM, BK]), _gdesc(w1.view(-1, w1.shape[-1]), [BK, BH]), _gdesc(h, [BM, BH]),
+                         _gdesc(gu[:, :I], [BM, BH]), _gdesc(gu[:, I:], [BM, BH]), h, gu, rw if rw is not None else h,
                          table if table is not None else _tile_table(offs, N, BM), K, I, n, ROWW=rw is not None,
                          BM=BM, BH=BH, BK=BK, S=S, NB=NB, num_warps=4, maxnreg=168)
     return h
@@ -875,10 +878,8 @@ def _wgrad_ws(a, b, offs, dw, sq=None, order=None, deal=None):
     " order: the experts' tile order, `expert_order(offs)` by default)."
     BM, BN, BK, S = _WS_WG_CFG
     E, KO, NO = dw.shape
-    dt = getattr(gl, _GL_DT[a.dtype])
-    desc = lambda t, shape: GluonDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, dt))
     n = _nprog(dw.device)
-    _wgrad_ws_kernel[(n,)](desc(a, [BK, BM]), desc(b, [BK, BN]), offs, expert_order(offs) if order is None else order, dw,
+    _wgrad_ws_kernel[(n,)](_gdesc(a, [BK, BM]), _gdesc(b, [BK, BN]), offs, expert_order(offs) if order is None else order, dw,
                            sq if sq is not None else dw, E, KO, NO, n, SQ=sq is not None, BM=BM, BN=BN, BK=BK, S=S,
                            DEAL=_WS_WG_DEAL if deal is None else deal, num_warps=4, maxnreg=168)
     return dw
