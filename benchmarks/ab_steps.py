@@ -28,6 +28,8 @@ def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priorit
 import pithtrain.trainer as T
 for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDUCTOR=split_reductions=0: Inductor's config
     import torch._inductor.config as IC; k, v = kv.split('='); setattr(IC, k, type(getattr(IC, k))(int(v) if v.isdigit() else v))
+if os.environ.get('QKNR') == '0':   # q/k norm + RoPE by the separate modules (compiled), not `layers.qk_norm_rope`
+    import pithtrain.layers as LY; LY.FUSED_QK_NORM_ROPE = False
 if os.environ.get('TUNE') == '0':   # Inductor without its coordinate-descent tuning (`compile_dense(tune=False)`)
     _cd = T.compile_dense; T.compile_dense = lambda model, tune=True, **kw: _cd(model, tune=False, **kw)
 _call = T.GraphedStep.__call__

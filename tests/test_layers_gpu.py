@@ -1,7 +1,7 @@
-"GPU checks of pithtrain.layers: bf16 attention paths (SDPA, window, sinks, MLA), the fused cross-entropy (Triton kernel, bf16 numerics, memory) and the embedding gradient."
+"GPU checks of pithtrain.layers: bf16 attention paths (SDPA, window, sinks, MLA), the fused cross-entropy (Triton kernel, bf16 numerics, memory), the embedding gradient and the fused q/k norm + RoPE."
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
 from pithtrain.core import rel_err
-from pithtrain.layers import sdpa, attention_reference, cross_entropy, Attention, MLAttention, rope_cache, RMSNorm
+from pithtrain.layers import sdpa, attention_reference, cross_entropy, Attention, MLAttention, rope_cache, RMSNorm, apply_rope, qk_norm_rope
 from pithtrain.layers import _ce_rows, _ce_rows_torch, _acc_mm, _ADDMM_F32, ce_chunk
 
 pytestmark = pytest.mark.gpu
@@ -208,3 +208,61 @@ def test_embedding_and_head_note_grad_sq_norm():
     ps = [p for p in m.parameters() if p.grad is not None]
     n_ref = torch.nn.utils.clip_grad_norm_(ps, float('inf'))
     assert abs(clip_grad_norm_(ps, float('inf')) / n_ref - 1) < 1e-5
+
+# ---- q/k norm + RoPE in one pass ----
+def _qknr_fp32(y, wq, wk, cos, sin, h, kvh, eps=1e-6):
+    "fp32 reference: per-head RMSNorm then half-split RoPE (the unfused modules' math without the bf16 roundings)."
+    B, S, _ = y.shape; D = wq.shape[0]
+    q, k, v = (t.reshape(B, S, -1, D) for t in y.float().split([h * D, kvh * D, kvh * D], -1))
+    rms = lambda x, w: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    return apply_rope(rms(q, wq), cos, sin), apply_rope(rms(k, wk), cos, sin), v
+
+@pytest.mark.parametrize('h,kvh,D', [(16, 4, 64), (32, 4, 128), (4, 4, 64)])
+def test_qk_norm_rope_bf16_matches_fp32(h, kvh, D):
+    torch.manual_seed(0)
+    B, S = 2, 2047
+    y = torch.randn(B, S, (h + 2 * kvh) * D, device='cuda', dtype=torch.bfloat16)
+    wq, wk = (1 + 0.3 * torch.randn(D, device='cuda') for _ in range(2))
+    cos, sin = rope_cache(S, D, device='cuda')
+    gs = [torch.randn(B, S, n, D, device='cuda', dtype=torch.bfloat16) for n in (h, kvh, kvh)]
+    outs = []
+    for f, yy in ((qk_norm_rope, y), (_qknr_fp32, y.float())):
+        yy, a, b = (t.clone().requires_grad_() for t in (yy, wq, wk))
+        o = f(yy, a, b, cos, sin, h, kvh, 1e-6)
+        torch.autograd.backward(o, [g.to(o[0].dtype) for g in gs])
+        outs.append([*o, yy.grad, a.grad, b.grad])
+    assert outs[0][0].dtype == outs[0][3].dtype == torch.bfloat16 and outs[0][4].dtype == torch.float32
+    errs = [rel_err(x.float(), r) for x, r in zip(*outs)]
+    assert max(errs) < 1e-2, errs
+
+def test_attention_fused_qk_norm_rope_compiled_in_a_graph():
+    "Qwen3-style attention compiled, fused pass on and off: outputs and gradients agree; a CUDA graph replays the fused one."
+    import pithtrain.layers as L
+    torch.manual_seed(0)
+    x = torch.randn(2, 1024, 512, device='cuda', dtype=torch.bfloat16)
+    cos, sin = rope_cache(1024, 64, device='cuda')
+    m0 = Attention(512, 8, 2, 64, qk_norm='head').cuda()
+    with torch.no_grad(): m0.q_norm.weight.normal_(1, 0.3); m0.k_norm.weight.normal_(1, 0.3)
+    res = []
+    for on in (False, True):
+        L.FUSED_QK_NORM_ROPE = on
+        try:
+            m = Attention(512, 8, 2, 64, qk_norm='head').cuda(); m.load_state_dict(m0.state_dict())
+            f = torch.compile(m)
+            with torch.autocast('cuda', torch.bfloat16): y = f(x, cos, sin)
+            y.float().square().mean().backward()
+            res.append((y.detach(), [p.grad for p in m.parameters()]))
+        finally: L.FUSED_QK_NORM_ROPE = True
+    assert rel_err(res[1][0].float(), res[0][0].float()) < 1e-2
+    assert all(rel_err(a, b) < 2e-2 for a, b in zip(res[1][1], res[0][1]))
+    m = Attention(512, 8, 2, 64, qk_norm='head').cuda(); m.load_state_dict(m0.state_dict())   # eager, captured
+    xs = x.clone()
+    with torch.autocast('cuda', torch.bfloat16): m(xs, cos, sin)   # warm-up (autotuning, allocations) outside the capture
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.cuda.graph(g):
+        with torch.autocast('cuda', torch.bfloat16): yg = m(xs, cos, sin)
+    torch.cuda.current_stream().wait_stream(s)
+    xs.copy_(x); g.replay(); torch.cuda.synchronize()
+    with torch.autocast('cuda', torch.bfloat16): ye = m(x, cos, sin)
+    assert torch.equal(yg, ye)
