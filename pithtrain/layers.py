@@ -276,15 +276,19 @@ def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, 
         tl.store(dst, tl.load(gp, mask=m, other=0.0).to(dy.dtype.element_ty), mask=m)
         tl.store(dst + D // 2, tl.load(gp + D // 2, mask=m, other=0.0).to(dy.dtype.element_ty), mask=m)
 
-def _qknr_bt(D:int)->int: return max(16, 4096 // D)   # tokens a program: (BT, D/2) halves of 2K elements
+_QKNR_TILES = {}   # head_dim -> (tokens a program, warps); else (4096 // D tokens, 4 warps): halves of 2K elements
+for _kv in filter(None, os.environ.get('PITHTRAIN_QKNR_TILES', '').split(';')):   # e.g. '64:64,4;128:32,4' (benchmarks)
+    _d, _c = _kv.split(':'); _QKNR_TILES[int(_d)] = tuple(int(v) for v in _c.split(','))
+def _qknr_cfg(D:int)->tuple: return _QKNR_TILES.get(D, (max(16, 4096 // D), 4))
 
 @torch.library.custom_op('pithtrain::qk_norm_rope', mutates_args=())
 def _qknr(y:torch.Tensor, wq:torch.Tensor, wk:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor,
           S:int, HQ:int, HK:int, eps:float)->tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     T, D = y.shape[0], wq.shape[0]
     q, k, v = y.new_empty(T, HQ, D), y.new_empty(T, HK, D), y.new_empty(T, HK, D)
-    BT = _qknr_bt(D)
-    if T: _qknr_fwd_kernel[(triton.cdiv(T, BT), HQ + 2 * HK)](y, wq, wk, cos, sin, q, k, v, T, S, y.stride(0), HQ, HK, eps, D=D, BT=BT)
+    BT, nw = _qknr_cfg(D)
+    if T: _qknr_fwd_kernel[(triton.cdiv(T, BT), HQ + 2 * HK)](y, wq, wk, cos, sin, q, k, v, T, S, y.stride(0), HQ, HK, eps,
+                                                             D=D, BT=BT, num_warps=nw)
     return q, k, v
 
 @_qknr.register_fake
@@ -295,11 +299,11 @@ def _(y, wq, wk, cos, sin, S, HQ, HK, eps):
 @torch.library.custom_op('pithtrain::qk_norm_rope_bwd', mutates_args=())
 def _qknr_bwd(dq:torch.Tensor, dk:torch.Tensor, dv:torch.Tensor, y:torch.Tensor, wq:torch.Tensor, wk:torch.Tensor,
               cos:torch.Tensor, sin:torch.Tensor, S:int, eps:float)->tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    T, HQ, D = dq.shape; HK = dk.shape[1]; BT = _qknr_bt(D); nb = max(triton.cdiv(T, BT), 1)
+    T, HQ, D = dq.shape; HK = dk.shape[1]; BT, nw = _qknr_cfg(D); nb = max(triton.cdiv(T, BT), 1)
     dy = torch.empty_like(y)
     ws = (torch.empty if T else torch.zeros)(nb, HQ + HK, D, dtype=torch.float32, device=y.device)
     if T: _qknr_bwd_kernel[(nb, HQ + 2 * HK)](y, wq, wk, cos, sin, dq.contiguous(), dk.contiguous(), dv.contiguous(), dy, ws,
-                                              T, S, y.stride(0), HQ, HK, eps, D=D, BT=BT)
+                                              T, S, y.stride(0), HQ, HK, eps, D=D, BT=BT, num_warps=nw)
     return dy, ws[:, :HQ].sum((0, 1)).to(wq.dtype), ws[:, HQ:].sum((0, 1)).to(wk.dtype)   # fixed-order sums over the slots
 
 @_qknr_bwd.register_fake
