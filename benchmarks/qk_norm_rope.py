@@ -25,37 +25,13 @@ import pithtrain.layers as L
 def _bwd_persist(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, eps, NP, D:tl.constexpr, BT:tl.constexpr):
     "As `layers._qknr_bwd_kernel`, program (p, head) over token blocks p, p + NP, …; ws[p, head] = its Σ dn·x̂."
     p, h = tl.program_id(0), tl.program_id(1)
-    j = tl.arange(0, D // 2)
     acc_a, acc_b = tl.zeros((D // 2,), tl.float32), tl.zeros((D // 2,), tl.float32)
     for b in range(p, tl.cdiv(T, BT), NP):
-        t = tl.arange(0, BT).to(tl.int64) + b * BT
-        m = (t < T)[:, None]
-        src, dst = y + t[:, None] * sy + h * D + j[None, :], dy + t[:, None] * sy + h * D + j[None, :]
-        if h < HQ + HK:
-            if h < HQ: w, g, hh, H = wq, dq, h, HQ
-            else: w, g, hh, H = wk, dk, h - HQ, HK
-            a = tl.load(src, mask=m, other=0.0).to(tl.float32)
-            bb = tl.load(src + D // 2, mask=m, other=0.0).to(tl.float32)
-            r = tl.rsqrt((tl.sum(a * a, 1) + tl.sum(bb * bb, 1)) / D + eps)[:, None]
-            xa, xb = a * r, bb * r
-            gp = g + (t[:, None] * H + hh) * D + j[None, :]
-            ga = tl.load(gp, mask=m, other=0.0).to(tl.float32)
-            gb = tl.load(gp + D // 2, mask=m, other=0.0).to(tl.float32)
-            pos = (t % S)[:, None] * (D // 2) + j[None, :]
-            c, s = tl.load(cos + pos, mask=m, other=0.0), tl.load(sin + pos, mask=m, other=0.0)
-            dna, dnb = ga * c + gb * s, gb * c - ga * s
-            ua = dna * tl.load(w + j).to(tl.float32)[None, :]
-            ub = dnb * tl.load(w + D // 2 + j).to(tl.float32)[None, :]
-            dot = ((tl.sum(ua * xa, 1) + tl.sum(ub * xb, 1)) / D)[:, None]
-            tl.store(dst, (r * (ua - xa * dot)).to(dy.dtype.element_ty), mask=m)
-            tl.store(dst + D // 2, (r * (ub - xb * dot)).to(dy.dtype.element_ty), mask=m)
-            acc_a += tl.sum(dna * xa, 0); acc_b += tl.sum(dnb * xb, 0)
-        else:
-            gp = dv + (t[:, None] * HK + h - HQ - HK) * D + j[None, :]
-            tl.store(dst, tl.load(gp, mask=m, other=0.0).to(dy.dtype.element_ty), mask=m)
-            tl.store(dst + D // 2, tl.load(gp + D // 2, mask=m, other=0.0).to(dy.dtype.element_ty), mask=m)
+        sa, sb = L._qknr_bwd_block(y, wq, wk, cos, sin, dq, dk, dv, dy, tl.arange(0, BT).to(tl.int64) + b * BT, h,
+                                   T, S, sy, HQ, HK, eps, D)
+        acc_a += sa; acc_b += sb
     if h < HQ + HK:
-        slot = ws + (p * (HQ + HK) + h) * D + j
+        slot = ws + (p * (HQ + HK) + h) * D + tl.arange(0, D // 2)
         tl.store(slot, acc_a); tl.store(slot + D // 2, acc_b)
 
 @triton.jit

@@ -200,19 +200,29 @@ class Attention(nn.Module):
         if self.fused(x, cos):
             q, k, v = qk_norm_rope(self.qkv(x, split=False), self.q_norm.weight, self.k_norm.weight, cos, sin,
                                    self.n_heads, self.n_kv_heads, self.q_norm.eps)
-            o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale, self.sliding_window, self.sinks)
-            return self.o_proj(o.transpose(1, 2).reshape(B, S, -1))
-        q, k, v = self.qkv(x)
-        if self.qk_norm == 'full': q, k = self.q_norm(q), self.k_norm(k)
-        if self.clip_qkv is not None: q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
-        q, k, v = (t.view(B, S, -1, self.head_dim) for t in (q, k, v))
-        if self.qk_norm == 'head': q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        else:
+            q, k, v = self.qkv(x)
+            if self.qk_norm == 'full': q, k = self.q_norm(q), self.k_norm(k)
+            if self.clip_qkv is not None: q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
+            q, k, v = (t.view(B, S, -1, self.head_dim) for t in (q, k, v))
+            if self.qk_norm == 'head': q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale, self.sliding_window, self.sinks)
         return self.o_proj(o.transpose(1, 2).reshape(B, S, -1))
 
 # %% ../nbs/04_layers.ipynb #554f98a4
 FUSED_QK_NORM_ROPE = True   # Attention(qk_norm='head') on CUDA: q/k norm + RoPE by `qk_norm_rope` (one Triton pass each way)
+
+@triton.jit
+def _qknr_head(y, cos, sin, t, m, h, S, sy, eps, D:tl.constexpr):
+    "Head h of y's token rows t (mask m): its two halves in fp32, rsqrt(mean square + eps) a row, the rows' (cos, sin)."
+    j = tl.arange(0, D // 2)
+    src = y + t[:, None] * sy + h * D + j[None, :]
+    a = tl.load(src, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(src + D // 2, mask=m, other=0.0).to(tl.float32)
+    r = tl.rsqrt((tl.sum(a * a, 1) + tl.sum(b * b, 1)) / D + eps)[:, None]
+    pos = (t % S)[:, None] * (D // 2) + j[None, :]
+    return a, b, r, tl.load(cos + pos, mask=m, other=0.0), tl.load(sin + pos, mask=m, other=0.0)
 
 @triton.jit
 def _qknr_fwd_kernel(y, wq, wk, cos, sin, q, k, v, T, S, sy, HQ, HK, eps, D:tl.constexpr, BT:tl.constexpr):
@@ -221,60 +231,60 @@ def _qknr_fwd_kernel(y, wq, wk, cos, sin, q, k, v, T, S, sy, HQ, HK, eps, D:tl.c
     h = tl.program_id(1)
     j = tl.arange(0, D // 2)
     m = (t < T)[:, None]
-    src = y + t[:, None] * sy + h * D + j[None, :]
     if h < HQ + HK:
-        a = tl.load(src, mask=m, other=0.0).to(tl.float32)
-        b = tl.load(src + D // 2, mask=m, other=0.0).to(tl.float32)
-        r = tl.rsqrt((tl.sum(a * a, 1) + tl.sum(b * b, 1)) / D + eps)[:, None]
+        a, b, r, c, s = _qknr_head(y, cos, sin, t, m, h, S, sy, eps, D)
         if h < HQ: w, out, hh, H = wq, q, h, HQ
         else: w, out, hh, H = wk, k, h - HQ, HK
         dt = out.dtype.element_ty
         na = (a * r * tl.load(w + j).to(tl.float32)[None, :]).to(dt).to(tl.float32)   # RMSNorm's output dtype, as unfused
         nb = (b * r * tl.load(w + D // 2 + j).to(tl.float32)[None, :]).to(dt).to(tl.float32)
-        pos = (t % S)[:, None] * (D // 2) + j[None, :]
-        c, s = tl.load(cos + pos, mask=m, other=0.0), tl.load(sin + pos, mask=m, other=0.0)
         dst = out + (t[:, None] * H + hh) * D + j[None, :]
         tl.store(dst, (na * c - nb * s).to(dt), mask=m)
         tl.store(dst + D // 2, (nb * c + na * s).to(dt), mask=m)
     else:
-        hv = h - HQ - HK
-        dst = v + (t[:, None] * HK + hv) * D + j[None, :]
+        src = y + t[:, None] * sy + h * D + j[None, :]
+        dst = v + (t[:, None] * HK + h - HQ - HK) * D + j[None, :]
         tl.store(dst, tl.load(src, mask=m), mask=m)
         tl.store(dst + D // 2, tl.load(src + D // 2, mask=m), mask=m)
 
 @triton.jit
-def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, eps, D:tl.constexpr, BT:tl.constexpr):
-    "Program (token block, head): dy's columns of the head; ws[block, head] = Σ over the block of dn·x̂ (the norm weight's gradient)."
-    t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
-    h = tl.program_id(1)
+def _qknr_bwd_block(y, wq, wk, cos, sin, dq, dk, dv, dy, t, h, T, S, sy, HQ, HK, eps, D:tl.constexpr):
+    "dy's columns of head h for token rows t; returns the rows' Σ dn·x̂ in two halves (zeros for a v head)."
     j = tl.arange(0, D // 2)
     m = (t < T)[:, None]
-    src, dst = y + t[:, None] * sy + h * D + j[None, :], dy + t[:, None] * sy + h * D + j[None, :]
+    dst = dy + t[:, None] * sy + h * D + j[None, :]
+    sa, sb = tl.zeros((D // 2,), tl.float32), tl.zeros((D // 2,), tl.float32)
     if h < HQ + HK:
         if h < HQ: w, g, hh, H = wq, dq, h, HQ
         else: w, g, hh, H = wk, dk, h - HQ, HK
-        a = tl.load(src, mask=m, other=0.0).to(tl.float32)
-        b = tl.load(src + D // 2, mask=m, other=0.0).to(tl.float32)
-        r = tl.rsqrt((tl.sum(a * a, 1) + tl.sum(b * b, 1)) / D + eps)[:, None]
+        a, b, r, c, s = _qknr_head(y, cos, sin, t, m, h, S, sy, eps, D)
         xa, xb = a * r, b * r
         gp = g + (t[:, None] * H + hh) * D + j[None, :]
         ga = tl.load(gp, mask=m, other=0.0).to(tl.float32)
         gb = tl.load(gp + D // 2, mask=m, other=0.0).to(tl.float32)
-        pos = (t % S)[:, None] * (D // 2) + j[None, :]
-        c, s = tl.load(cos + pos, mask=m, other=0.0), tl.load(sin + pos, mask=m, other=0.0)
         dna, dnb = ga * c + gb * s, gb * c - ga * s   # the rotation's transpose
         ua = dna * tl.load(w + j).to(tl.float32)[None, :]
         ub = dnb * tl.load(w + D // 2 + j).to(tl.float32)[None, :]
         dot = ((tl.sum(ua * xa, 1) + tl.sum(ub * xb, 1)) / D)[:, None]
         tl.store(dst, (r * (ua - xa * dot)).to(dy.dtype.element_ty), mask=m)
         tl.store(dst + D // 2, (r * (ub - xb * dot)).to(dy.dtype.element_ty), mask=m)
-        slot = ws + (tl.program_id(0) * (HQ + HK) + h) * D + j
-        tl.store(slot, tl.sum(dna * xa, 0))
-        tl.store(slot + D // 2, tl.sum(dnb * xb, 0))
+        sa, sb = tl.sum(dna * xa, 0), tl.sum(dnb * xb, 0)
     else:
         gp = dv + (t[:, None] * HK + h - HQ - HK) * D + j[None, :]
         tl.store(dst, tl.load(gp, mask=m, other=0.0).to(dy.dtype.element_ty), mask=m)
         tl.store(dst + D // 2, tl.load(gp + D // 2, mask=m, other=0.0).to(dy.dtype.element_ty), mask=m)
+    return sa, sb
+
+@triton.jit
+def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, eps, D:tl.constexpr, BT:tl.constexpr):
+    "Program (token block, head): dy's columns of the head; ws[block, head] = Σ over the block of dn·x̂ (the norm weight's gradient)."
+    t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+    h = tl.program_id(1)
+    sa, sb = _qknr_bwd_block(y, wq, wk, cos, sin, dq, dk, dv, dy, t, h, T, S, sy, HQ, HK, eps, D)
+    if h < HQ + HK:
+        slot = ws + (tl.program_id(0) * (HQ + HK) + h) * D + tl.arange(0, D // 2)
+        tl.store(slot, sa)
+        tl.store(slot + D // 2, sb)
 
 _QKNR_TILES = {}   # head_dim -> (tokens a program, warps); else (4096 // D tokens, 4 warps): halves of 2K elements
 for _kv in filter(None, os.environ.get('PITHTRAIN_QKNR_TILES', '').split(';')):   # e.g. '64:64,4;128:32,4' (benchmarks)
