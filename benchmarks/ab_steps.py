@@ -26,8 +26,10 @@ _ov = O.AdamW.overlap
 def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
 import pithtrain.trainer as T
-for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDUCTOR=split_reductions=0: Inductor's config
-    import torch._inductor.config as IC; k, v = kv.split('='); setattr(IC, k, type(getattr(IC, k))(int(v) if v.isdigit() else v))
+for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDUCTOR=split_reductions=0 or triton.x=64: Inductor's config
+    import torch._inductor.config as IC; k, v = kv.split('='); *path, k = k.split('.'); cfg = IC
+    for part in path: cfg = getattr(cfg, part)
+    old = getattr(cfg, k); setattr(cfg, k, (int(v) if v.isdigit() else v) if old is None else type(old)(int(v) if v.isdigit() else v))
 if os.environ.get('QKNR') == '0':   # q/k norm + RoPE by the separate modules (compiled), not `layers.qk_norm_rope`
     import pithtrain.layers as LY; LY.FUSED_QK_NORM_ROPE = False
 if os.environ.get('TUNE') == '0':   # Inductor without its coordinate-descent tuning (`compile_dense(tune=False)`)

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['DTYPES', 'use_triton_interpreter', 'get_device', 'get_dtype', 'seed_everything', 'rel_err', 'keep_compute_copy',
-           'compute_weight', 'note_sq_norm', 'noted_sq_norm', 'ConfigError', 'choice', 'check', 'positive', 'Config']
+           'compute_weight', 'note_sq_norm', 'noted_sq_terms', 'noted_sq_norm', 'ConfigError', 'choice', 'check',
+           'positive', 'Config']
 
 # %% ../nbs/00_core.ipynb #7a817e05
 import os, random, typing, dataclasses
@@ -76,15 +77,20 @@ def _grad_id(g:torch.Tensor)->tuple: return g.data_ptr(), tuple(g.shape), g._ver
 
 def note_sq_norm(p:torch.Tensor, # the parameter the gradient is for
                  g:torch.Tensor, # its gradient, just written (autograd will hand it to `p.grad`)
-                 sq:torch.Tensor  # 0-d fp32: the squared L2 norm of `g`
+                 sq:torch.Tensor  # fp32 whose elements sum to the squared L2 norm of `g` (0-d, or a kernel's per-tile slots)
                 ):
-    "Note on `p` that its gradient `g` has squared norm `sq` (valid while `p.grad` is `g`, unchanged)."
+    "Note on `p` that its gradient `g` has squared norm `sq.sum()` (valid while `p.grad` is `g`, unchanged)."
     p.grad_sq_note = (sq, _grad_id(g))
 
-def noted_sq_norm(p:torch.Tensor)->torch.Tensor|None:
-    "The squared norm of `p.grad` noted by the kernel that wrote it, or None when there is none or the gradient changed since."
+def noted_sq_terms(p:torch.Tensor)->torch.Tensor|None:
+    "The noted terms of `p.grad`'s squared norm (as `note_sq_norm` got them), or None when there are none or the gradient changed since."
     n, g = getattr(p, 'grad_sq_note', None), p.grad
     return n[0] if n is not None and g is not None and n[1] == _grad_id(g) else None
+
+def noted_sq_norm(p:torch.Tensor)->torch.Tensor|None:
+    "The squared norm of `p.grad` noted by the kernel that wrote it (0-d), or None."
+    n = noted_sq_terms(p)
+    return None if n is None else n.sum()
 
 # %% ../nbs/00_core.ipynb #243fd830
 class ConfigError(ValueError):

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
-from .core import get_device, get_dtype, noted_sq_norm
+from .core import get_device, get_dtype, noted_sq_terms
 from .router import Router
 
 # %% ../nbs/24_distributed.ipynb #8296fac3
@@ -226,8 +226,8 @@ def clip_grad_norm_(params,              # parameters (plain or FSDP2 DTensors o
     if shards:
         sq = sq + sq_of(shards)
         if dist.is_initialized(): dist.all_reduce(sq)
-    noted = [noted_sq_norm(p) for p in params if not isinstance(p.grad, DTensor)]   # from the kernel that wrote it (expert wgrad)
-    if any(n is not None for n in noted): sq = sq + torch.stack([n for n in noted if n is not None]).sum()
+    noted = [noted_sq_terms(p) for p in params if not isinstance(p.grad, DTensor)]   # from the kernel that wrote it (expert wgrad)
+    if any(n is not None for n in noted): sq = sq + torch.cat([n.reshape(-1) for n in noted if n is not None]).sum()
     plain = [g for g, n in zip(plain, noted) if n is None]
     if plain: sq = sq + sq_of(plain)
     norm = sq.sqrt()

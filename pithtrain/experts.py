@@ -659,6 +659,21 @@ def _token_sum(rows:torch.Tensor, # (N, H) plan rows
                                               BH=BH, HAS_W=weights is not None)
     return out
 
+@triton.jit
+def _take_kernel(src, idx, out, n, BLOCK:tl.constexpr):
+    "out[i] = src[idx[i]], 0 where idx[i] < 0."
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    j = tl.load(idx + i, mask=i < n, other=-1)
+    tl.store(out + i, tl.load(src + j, mask=j >= 0, other=0.0).to(out.dtype.element_ty), mask=i < n)
+
+def _take(src:torch.Tensor, # (M,) contiguous values
+          idx:torch.Tensor, # (n,) positions in src, -1 for none
+          dtype:torch.dtype)->torch.Tensor: # (n,) src[idx] (0 at -1) in dtype
+    "`torch.where(idx >= 0, src[idx.clamp_min(0)], 0)` in one launch (four ATen kernels otherwise): a row's routing weight and back."
+    out = torch.empty(idx.numel(), device=src.device, dtype=dtype)
+    if idx.numel(): _take_kernel[(triton.cdiv(idx.numel(), 1024),)](src, idx, out, idx.numel(), BLOCK=1024)
+    return out
+
 # %% ../nbs/03_experts.ipynb #9ce9af6e
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 _AUTOTUNE = os.environ.get('PITHTRAIN_AUTOTUNE', '1') == '1' and not _INTERPRET
@@ -904,7 +919,7 @@ class _ExpertFFN(torch.autograd.Function):
     def forward(ctx, x, token_idx, offsets, inv, w1, w2, b1, b2, dt, oai, inter, alpha, limit, weights=None, order=None):
         E, H, I2 = w1.shape
         I, N = I2 // 2, token_idx.numel()
-        rw = None if weights is None else row_weights(weights, order)   # folded into h: the rows come out weighted
+        rw = None if weights is None else _take(weights.reshape(-1).float(), order, torch.float32)   # `row_weights`: folded into h
         xc, w1c, w2c = x.to(dt).contiguous(), compute_weight(w1, dt), compute_weight(w2, dt)   # the optimizer's copies when current
         b1c, b2c = (b.contiguous() if b is not None else None for b in (b1, b2))
         h = torch.empty(N, I, device=x.device, dtype=dt)
@@ -934,7 +949,7 @@ class _ExpertFFN(torch.autograd.Function):
         dgu, drw = _dgu(dy, offsets, w2c, gu, oai, inter, alpha, limit, rw, rw is not None and need[13], table)
         dx = dw1 = dw2 = db1 = db2 = dwts = None
         if drw is not None:   # d weights[t, j] = drw at the pair's row
-            dwts = torch.where(inv >= 0, drw[inv.clamp_min(0)], 0).view(wdt[1]).to(wdt[0])
+            dwts = _take(drw, inv, wdt[0]).view(wdt[1])
         if need[0]:  # first, so its (N, H) rows are freed before the weight gradients are allocated
             dxr = _launch(_mm, dgu, None, offsets, w1c, None, torch.empty(N, H, device=dev, dtype=xa.dtype), None, I2, H, I,
                           w1c.stride(1), w1c.stride(2), 0, table=table)
@@ -943,12 +958,12 @@ class _ExpertFFN(torch.autograd.Function):
         if need[5] or need[7]:
             dw2 = torch.empty(E, I, H, device=dev, dtype=w2dt)
             db2 = torch.empty(E, H, device=dev, dtype=b2dt) if hb2 else None
-            sq = _sq_slots(dw2); _wgrad(h, None, dy, offsets, dw2, db2, sq); note_sq_norm(ctx.params[1], dw2, sq.sum())
+            sq = _sq_slots(dw2); _wgrad(h, None, dy, offsets, dw2, db2, sq); note_sq_norm(ctx.params[1], dw2, sq)
         if need[4] or need[6]:
             dw1 = torch.empty(E, H, I2, device=dev, dtype=w1dt)
             db1 = torch.empty(E, I2, device=dev, dtype=b1dt) if hb1 else None
             sq = _sq_slots(dw1); _wgrad(xa, None if pre else token_idx, dgu, offsets, dw1, db1, sq)
-            note_sq_norm(ctx.params[0], dw1, sq.sum())
+            note_sq_norm(ctx.params[0], dw1, sq)   # the slots: the clip sums every noted slot at once
         return dx, None, None, None, dw1, dw2, db1, db2, None, None, None, None, None, dwts, None
 
 # %% ../nbs/03_experts.ipynb #6f2d451c

@@ -276,20 +276,37 @@ def _qknr_bwd_block(y, wq, wk, cos, sin, dq, dk, dv, dy, t, h, T, S, sy, HQ, HK,
     return sa, sb
 
 @triton.jit
-def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, eps, D:tl.constexpr, BT:tl.constexpr):
-    "Program (token block, head): dy's columns of the head; ws[block, head] = Σ over the block of dn·x̂ (the norm weight's gradient)."
-    t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
-    h = tl.program_id(1)
-    sa, sb = _qknr_bwd_block(y, wq, wk, cos, sin, dq, dk, dv, dy, t, h, T, S, sy, HQ, HK, eps, D)
+def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, eps, NP, D:tl.constexpr, BT:tl.constexpr):
+    "Program (p, head): dy's columns of the head in token blocks p, p + NP, …; ws[p, head] = their Σ dn·x̂ (the weight's gradient)."
+    p, h = tl.program_id(0), tl.program_id(1)
+    acc_a, acc_b = tl.zeros((D // 2,), tl.float32), tl.zeros((D // 2,), tl.float32)
+    for b in range(p, tl.cdiv(T, BT), NP):
+        sa, sb = _qknr_bwd_block(y, wq, wk, cos, sin, dq, dk, dv, dy, tl.arange(0, BT).to(tl.int64) + b * BT, h,
+                                 T, S, sy, HQ, HK, eps, D)
+        acc_a += sa; acc_b += sb
     if h < HQ + HK:
-        slot = ws + (tl.program_id(0) * (HQ + HK) + h) * D + tl.arange(0, D // 2)
-        tl.store(slot, sa)
-        tl.store(slot + D // 2, sb)
+        slot = ws + (p * (HQ + HK) + h) * D + tl.arange(0, D // 2)
+        tl.store(slot, acc_a)
+        tl.store(slot + D // 2, acc_b)
+
+@triton.jit
+def _qknr_wsum_kernel(ws, dwq, dwk, R, HQ, HK, D:tl.constexpr, BR:tl.constexpr):
+    "Program 0: dwq = the sum of ws's q slots (ws: (R, HQ + HK, D)), program 1: dwk; rows in a fixed order."
+    p = tl.program_id(0)
+    j = tl.arange(0, D)
+    lo, n = tl.where(p == 0, 0, HQ), tl.where(p == 0, HQ, HK)
+    acc = tl.zeros((BR, D), tl.float32)
+    for i0 in range(0, R * n, BR):
+        i = i0 + tl.arange(0, BR)
+        acc += tl.load(ws + ((i // n) * (HQ + HK) + lo + i % n)[:, None] * D + j[None, :], mask=(i < R * n)[:, None], other=0.0)
+    if p == 0: tl.store(dwq + j, tl.sum(acc, 0).to(dwq.dtype.element_ty))
+    else: tl.store(dwk + j, tl.sum(acc, 0).to(dwk.dtype.element_ty))
 
 _QKNR_TILES = {}   # head_dim -> (tokens a program, warps); else (4096 // D tokens, 4 warps): halves of 2K elements
 for _kv in filter(None, os.environ.get('PITHTRAIN_QKNR_TILES', '').split(';')):   # e.g. '64:64,4;128:32,4' (benchmarks)
     _d, _c = _kv.split(':'); _QKNR_TILES[int(_d)] = tuple(int(v) for v in _c.split(','))
 def _qknr_cfg(D:int)->tuple: return _QKNR_TILES.get(D, (max(16, 4096 // D), 4))
+_QKNR_NP = 16   # the backward's programs a head (each walks every NP-th token block): 16 slots a head to sum, not T / BT
 
 @torch.library.custom_op('pithtrain::qk_norm_rope', mutates_args=())
 def _qknr(y:torch.Tensor, wq:torch.Tensor, wk:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor,
@@ -309,12 +326,13 @@ def _(y, wq, wk, cos, sin, S, HQ, HK, eps):
 @torch.library.custom_op('pithtrain::qk_norm_rope_bwd', mutates_args=())
 def _qknr_bwd(dq:torch.Tensor, dk:torch.Tensor, dv:torch.Tensor, y:torch.Tensor, wq:torch.Tensor, wk:torch.Tensor,
               cos:torch.Tensor, sin:torch.Tensor, S:int, eps:float)->tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    T, HQ, D = dq.shape; HK = dk.shape[1]; BT, nw = _qknr_cfg(D); nb = max(triton.cdiv(T, BT), 1)
-    dy = torch.empty_like(y)
-    ws = (torch.empty if T else torch.zeros)(nb, HQ + HK, D, dtype=torch.float32, device=y.device)
-    if T: _qknr_bwd_kernel[(nb, HQ + 2 * HK)](y, wq, wk, cos, sin, dq.contiguous(), dk.contiguous(), dv.contiguous(), dy, ws,
-                                              T, S, y.stride(0), HQ, HK, eps, D=D, BT=BT, num_warps=nw)
-    return dy, ws[:, :HQ].sum((0, 1)).to(wq.dtype), ws[:, HQ:].sum((0, 1)).to(wk.dtype)   # fixed-order sums over the slots
+    T, HQ, D = dq.shape; HK = dk.shape[1]; BT, nw = _qknr_cfg(D); NP = min(_QKNR_NP, max(triton.cdiv(T, BT), 1))
+    dy, dwq, dwk = torch.empty_like(y), torch.empty_like(wq), torch.empty_like(wk)
+    ws = torch.empty(NP, HQ + HK, D, dtype=torch.float32, device=y.device)   # every slot written (zeros when T = 0)
+    _qknr_bwd_kernel[(NP, HQ + 2 * HK)](y, wq, wk, cos, sin, dq.contiguous(), dk.contiguous(), dv.contiguous(), dy, ws,
+                                        T, S, y.stride(0), HQ, HK, eps, NP, D=D, BT=BT, num_warps=nw)
+    _qknr_wsum_kernel[(2,)](ws, dwq, dwk, NP, HQ, HK, D=D, BR=max(1, 8192 // D), num_warps=8)   # fixed-order sums of the slots
+    return dy, dwq, dwk
 
 @_qknr_bwd.register_fake
 def _(dq, dk, dv, y, wq, wk, cos, sin, S, eps): return torch.empty_like(y), torch.empty_like(wq), torch.empty_like(wk)

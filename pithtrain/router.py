@@ -239,8 +239,22 @@ def _route_fwd(logits:torch.Tensor,       # (T, E) fp32 logits, contiguous
                                 float(cfg.routed_scaling_factor), SCORE=_SCORES[cfg.score], NORM=cfg.norm_topk_prob,
                                 SOFTK=_softk(cfg), HAS_BIAS=e_bias is not None, PSUM=psum_on, BT=BT, EP2=EP2,
                                 KP2=triton.next_power_of_2(k), num_warps=warps)
-    tot = part.sum(0)
-    return ids, w, tot[:E].to(torch.int32), tot[:E], tot[E:] if psum_on else None
+    tot, cnt = torch.empty(part.shape[1], dtype=torch.float32, device=dev), torch.empty(E, dtype=torch.int32, device=dev)
+    C = part.shape[1]; BC = min(triton.next_power_of_2(C), 128)
+    _route_sum_kernel[(triton.cdiv(C, BC),)](part, tot, cnt, part.shape[0], C, E, BN=32, BC=BC)   # torch: a sum and a cast
+    return ids, w, cnt, tot[:E], tot[E:] if psum_on else None
+
+@triton.jit
+def _route_sum_kernel(part, tot, cnt, n, C, E, BN:tl.constexpr, BC:tl.constexpr):
+    "tot[c] = Σ_r part[r, c] (the programs' partial counts and prob sums) in a fixed order; cnt = the counts, tot[:E], as int32."
+    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    acc = tl.zeros((BN, BC), tl.float32)
+    for r0 in range(0, n, BN):
+        r = r0 + tl.arange(0, BN)
+        acc += tl.load(part + r[:, None] * C + c[None, :], mask=(r < n)[:, None] & (c < C)[None, :], other=0.0)
+    s = tl.sum(acc, 0)
+    tl.store(tot + c, s, mask=c < C)
+    tl.store(cnt + c, s.to(tl.int32), mask=c < E)
 
 # %% ../nbs/01_router.ipynb #0fec1dec
 @triton.jit
