@@ -260,7 +260,7 @@ def _route_sum_kernel(part, tot, cnt, n, C, E, BN:tl.constexpr, BC:tl.constexpr)
 @triton.jit
 def _route_bwd_kernel(logits, ids, dw, dps, dl, T, E, k, sl, scale,
                       SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_DW:tl.constexpr, HAS_DPS:tl.constexpr,
-                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr):
+                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr, SPLIT:tl.constexpr):
     rvalid, r64, cols, cvalid, l = _row_tile(logits, tl.program_id(0), T, E, sl, BT, EP2)
     if SCORE == 1:
         s = tl.sigmoid(l)
@@ -299,22 +299,30 @@ def _route_bwd_kernel(logits, ids, dw, dps, dl, T, E, k, sl, scale,
     else:
         if HAS_DPS: acc += c
         d = p * (acc - tl.sum(p * acc, 1)[:, None])
-    tl.store(dl + r64[:, None] * E + cols[None, :], d, mask=rvalid[:, None] & cvalid[None, :])
+    msk = rvalid[:, None] & cvalid[None, :]
+    if SPLIT:   # (T, 3E) bf16 [G_hi | G_hi | G_lo], as `_split_grad` makes it from the fp32 gradient
+        hi = d.to(tl.bfloat16)
+        o = dl + r64[:, None] * (3 * E) + cols[None, :]
+        tl.store(o, hi, mask=msk); tl.store(o + E, hi, mask=msk)
+        tl.store(o + 2 * E, (d - hi.to(tl.float32)).to(tl.bfloat16), mask=msk)
+    else: tl.store(dl + r64[:, None] * E + cols[None, :], d, mask=msk)
 
 def _route_bwd(logits:torch.Tensor,      # (T, E) fp32 logits of the forward
                ids:torch.Tensor,         # (T, k) the forward's ids
                dw:torch.Tensor|None,     # (T, k) gradient of the weights
                dpsum:torch.Tensor|None,  # (E,) gradient of the probs column sums
-               cfg:RouterConfig)->torch.Tensor:
-    "Launch the backward kernel: the (T, E) gradient of the logits."
+               cfg:RouterConfig,
+               split:bool=False          # return it split for the bf16 GEMMs: (T, 3E) `[G_hi | G_hi | G_lo]` (`_split_grad`)
+              )->torch.Tensor:
+    "Launch the backward kernel: the (T, E) fp32 gradient of the logits (or its split form)."
     (T, E), k = logits.shape, cfg.top_k
     BT, EP2, warps = _tile(E)
-    dl = torch.empty_like(logits)
+    dl = torch.empty(T, 3 * E, dtype=torch.bfloat16, device=logits.device) if split else torch.empty_like(logits)
     if T: _route_bwd_kernel[(triton.cdiv(T, BT),)](
         logits, ids, dw.contiguous() if dw is not None else logits, dpsum.contiguous() if dpsum is not None else logits, dl,
         T, E, k, logits.stride(0), float(cfg.routed_scaling_factor), SCORE=_SCORES[cfg.score], NORM=cfg.norm_topk_prob,
         SOFTK=_softk(cfg), HAS_DW=dw is not None, HAS_DPS=dpsum is not None, BT=BT, EP2=EP2,
-        KP2=triton.next_power_of_2(k), num_warps=warps)
+        KP2=triton.next_power_of_2(k), SPLIT=split, num_warps=warps)
     return dl
 
 # %% ../nbs/01_router.ipynb #9a8c82a6
@@ -369,11 +377,24 @@ def _mm(a:torch.Tensor, b:torch.Tensor, dt:torch.dtype, acc:torch.Tensor|None=No
     r = torch.mm(a, b) if dt == a.dtype else torch.mm(a, b, out_dtype=dt)
     return r if acc is None else r + acc
 
-def _split_weight(w:torch.Tensor # (E, H) gate weight
+@triton.jit
+def _split_weight_kernel(w, wb, n, BLOCK:tl.constexpr):
+    "wb (3n,) bf16 = [hi | lo | hi] of w's n fp32 values."
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(w + i, mask=i < n)
+    hi = x.to(tl.bfloat16)
+    tl.store(wb + i, hi, mask=i < n); tl.store(wb + 2 * n + i, hi, mask=i < n)
+    tl.store(wb + n + i, (x - hi.to(tl.float32)).to(tl.bfloat16), mask=i < n)
+
+def _split_weight(w:torch.Tensor, # (E, H) gate weight
+                  use_triton:bool=False # one Triton launch (the fused router's path) instead of three torch ops
                  )->torch.Tensor:
     "(3E, H) bf16 `[W_hi; W_lo; W_hi]`: the forward GEMM takes the first 2E rows, the dX GEMM all three."
     E = w.shape[0]
     wb = torch.empty(3 * E, w.shape[1], dtype=torch.bfloat16, device=w.device)
+    if use_triton and w.dtype == torch.float32 and w.is_contiguous():
+        if w.numel(): _split_weight_kernel[(triton.cdiv(w.numel(), 1024),)](w, wb, w.numel(), BLOCK=1024)
+        return wb
     wb[:E].copy_(w)
     torch.sub(w, wb[:E], out=wb[E:2 * E])          # the difference is exact in fp32, rounded once on store
     wb[2 * E:].copy_(wb[:E])
@@ -404,11 +425,12 @@ def split_grads(dl:torch.Tensor,  # (T, E) fp32 gradient of the logits
                 x:torch.Tensor,   # (T, H) bf16 tokens of the forward
                 dx_dtype:torch.dtype|None=None, # dtype of dX (x's by default)
                 need_dx:bool=True, need_dw:bool=True,
-                acc:torch.Tensor|None=None # (T, H): added to dX (in the GEMM, dX written into acc, when it has dX's dtype)
+                acc:torch.Tensor|None=None, # (T, H): added to dX (in the GEMM, dX written into acc, when it has dX's dtype)
+                pre_split:bool=False # dl is already `_split_grad`'s (T, 3E) bf16 form (the router's backward kernel writes it)
                )->tuple:
     "`(dX, dW)` from split bf16 GEMMs: dX = G_hi·W_hi + G_hi·W_lo + G_lo·W_hi (one GEMM, K = 3E), dW = (G_hi + G_lo)ᵀ·x in fp32."
-    E = dl.shape[1]
-    a = _split_grad(dl)
+    E = wb.shape[0] // 3
+    a = dl if pre_split else _split_grad(dl)
     dx = _mm(a, wb, dx_dtype or x.dtype, acc) if need_dx else None
     dw = None
     if need_dw:
@@ -422,7 +444,7 @@ class _FusedRouter(torch.autograd.Function):
     def forward(ctx, x, weight, bias, e_bias, cfg, split, psum_on):
         T, k = x.shape[0], cfg.top_k
         if split:
-            wb = _split_weight(weight)
+            wb = _split_weight(weight, use_triton=True)
             logits = split_logits(x, wb, bias)
             xs = x
         else:
@@ -450,6 +472,10 @@ class _FusedRouter(torch.autograd.Function):
             dpsum = g if dpsum is None else dpsum + g
         if dw is None and dpsum is None and dz is None: return (dxo if nx else None,) + (None,) * 6
         with torch.autocast(logits.device.type, enabled=False):
+            if ctx.split and dz is None and not nb and (dw is not None or dpsum is not None):   # the kernel splits it
+                dx, dwt = split_grads(_route_bwd(logits, ids, dw, dpsum, ctx.cfg, split=True), wb, xs, ctx.x_dtype, nx, nw, dxo,
+                                      pre_split=True)
+                return dx, _as(dwt, ctx.w_dtype), None, None, None, None, None
             dl = _route_bwd(logits, ids, dw, dpsum, ctx.cfg) if dw is not None or dpsum is not None else torch.zeros_like(logits)
             if dz is not None:                                        # z = mean lse²: dl += 2·lse·softmax(l)/T
                 dl += torch.exp(logits - lse[:, None]) * (lse * (2.0 / max(logits.shape[0], 1)) * dz)[:, None]

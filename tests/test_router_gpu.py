@@ -7,7 +7,8 @@ fp32 GEMMs' experts up to near-ties, the fused router captures in a CUDA graph, 
 import pytest, torch
 import torch.nn.functional as F
 from pithtrain.router import (Router, RouterConfig, fused_route, fused_ok, route_scores, select_experts, gate_weights, expert_counts,
-                              balance_loss, z_loss, split_logits, split_grads, _split_weight)
+                              balance_loss, z_loss, split_logits, split_grads, _split_weight, _split_grad,
+                              _route_fwd, _route_bwd)
 
 E, K = 64, 6
 CONFIGS = {
@@ -256,6 +257,17 @@ def test_split_gate_gemms_vs_fp64(T, H, E):
     dxa, _ = split_grads(dl, wb, x, need_dw=False, acc=acc)
     assert dxa.dtype == torch.bfloat16 and _rel(dxa, dl.double() @ wd + acc.double()) < 4e-3
     assert _rel(F.linear(x, w.bfloat16()).float() + b, ref) > 30 * _rel(lg, ref)
+
+@pytest.mark.gpu
+def test_split_forms_by_kernel_equal_torch():
+    "The fused router's split weight (one launch) and its backward kernel's split gradient equal the torch ops bit for bit."
+    torch.manual_seed(4)
+    w = 0.02 * torch.randn(128, 2048, device='cuda')
+    assert torch.equal(_split_weight(w, use_triton=True), _split_weight(w))
+    cfg = RouterConfig(n_experts=128, top_k=8, norm_topk_prob=True)
+    lg, gw, gp = torch.randn(5000, 128, device='cuda'), torch.randn(5000, 8, device='cuda'), torch.randn(128, device='cuda')
+    ids = _route_fwd(lg, None, cfg, True)[0]
+    assert torch.equal(_route_bwd(lg, ids, gw, gp, cfg, split=True), _split_grad(_route_bwd(lg, ids, gw, gp, cfg)))
 
 ROUTER_SPLIT = {'qwen3': dict(norm_topk_prob=True, aux_loss_coef=1e-3), 'olmoe_z': dict(aux_loss_coef=1e-2, z_loss_coef=1e-3),
                 'gpt_oss': dict(score='softmax_topk', bias=True, aux_loss_coef=1e-2),
