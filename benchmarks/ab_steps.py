@@ -11,7 +11,7 @@ import pithtrain.optim as O
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--presets', nargs='+', default=['small', 'qwen3-30b-a3b-6l'], choices=list(BATCH))
-ap.add_argument('--variants', nargs='+', default=['graph'], choices=['graph', 'overlap', 'overlap-hi', 'overlap-main', 'overlap-main-bf16', 'graph-bf16', 'overlap-bf16', 'graph-fused', 'overlap-fused'])   # bf16: AdamW moments; fused: the experts' AdamW in their backward (no clipping; needs benchmarks/fused_adamw.patch)
+ap.add_argument('--variants', nargs='+', default=['graph'], choices=['graph', 'overlap', 'overlap-hi', 'overlap-main', 'overlap-early', 'overlap-main-bf16', 'graph-bf16', 'overlap-bf16', 'graph-fused', 'overlap-fused'])   # bf16: AdamW moments; fused: the experts' AdamW in their backward (no clipping; needs benchmarks/fused_adamw.patch)
 ap.add_argument('--steps', type=int, default=15)
 ap.add_argument('--warmup', type=int, default=3)
 ap.add_argument('--tag', default='run')
@@ -40,11 +40,32 @@ def _main_hi(self, batches):   # 'overlap-main': the graph replayed on a high-pr
     cur = torch.cuda.current_stream(self.device); self._hs.wait_stream(cur)
     with torch.cuda.stream(self._hs): out = _call(self, batches)
     cur.wait_stream(self._hs); return out
+_gov = T.GraphedStep._overlap
+def _early(self, opt):   # 'overlap-early': each block's wait for its update forked one block ahead, beside the previous block
+    m = self.model       # (the kernel table shows ≈ 6.5 µs before each block's first kernel: the external event's wait node)
+    mods, seen, stages = [m.embed_tokens, *m.layers], set(), []
+    for mod in mods + [m]:
+        ps = [p for p in mod.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in ps); stages.append(ps)
+    events, b = opt.overlap(stages, self.device), torch.cuda.Stream(self.device)
+    targets = mods + [m.norm]
+    def hook(i):
+        def pre(_m, _a):
+            cur = torch.cuda.current_stream()
+            if i == 0: cur.wait_event(events[0])
+            else: cur.wait_stream(b)                 # joins the branch that waited for events[i]
+            if i + 1 < len(targets):                 # fork: the wait for the next block's update runs beside this block
+                b.wait_stream(cur)
+                with torch.cuda.stream(b): b.wait_event(events[i + 1])
+        return pre
+    for i, mod in enumerate(targets): mod.register_forward_pre_hook(hook(i))
+    return events
 rows = []
 for p in a.presets:
     c = Qwen3MoEConfig.preset(p); B, S = BATCH[p]
     for v in a.variants:
         O.AdamW.overlap = _hi if v == 'overlap-hi' else _ov
+        T.GraphedStep._overlap = _early if v == 'overlap-early' else _gov
         T.GraphedStep.__call__ = _main_hi if v.startswith('overlap-main') else _call
         kw = dict(state_dtype=torch.bfloat16) if v.endswith('bf16') else dict(fused=True) if v.endswith('fused') else {}   # (older code versions take neither)
         r = measure(f'pithtrain+compile+graph+{v}', lambda: pithtrain_step(c, B, S, dev, compile=True, graph=True, overlap=v.startswith('overlap'), **kw),
