@@ -42,13 +42,8 @@ def _main_hi(self, batches):   # 'overlap-main': the graph replayed on a high-pr
     cur.wait_stream(self._hs); return out
 _gov = T.GraphedStep._overlap
 def _early(self, opt):   # 'overlap-early': each block's wait for its update forked one block ahead, beside the previous block
-    m = self.model       # (the kernel table shows ≈ 6.5 µs before each block's first kernel: the external event's wait node)
-    mods, seen, stages = [m.embed_tokens, *m.layers], set(), []
-    for mod in mods + [m]:
-        ps = [p for p in mod.parameters() if p.requires_grad and id(p) not in seen]
-        seen.update(id(p) for p in ps); stages.append(ps)
+    targets, stages = self._stages()   # (the kernel table shows ≈ 6.5 µs before each block's first kernel: the event's wait node)
     events, b = opt.overlap(stages, self.device), torch.cuda.Stream(self.device)
-    targets = mods + [m.norm]
     def hook(i):
         def pre(_m, _a):
             cur = torch.cuda.current_stream()

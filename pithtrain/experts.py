@@ -659,20 +659,11 @@ def _token_sum(rows:torch.Tensor, # (N, H) plan rows
                                               BH=BH, HAS_W=weights is not None)
     return out
 
-@triton.jit
-def _take_kernel(src, idx, out, n, BLOCK:tl.constexpr):
-    "out[i] = src[idx[i]], 0 where idx[i] < 0."
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    j = tl.load(idx + i, mask=i < n, other=-1)
-    tl.store(out + i, tl.load(src + j, mask=j >= 0, other=0.0).to(out.dtype.element_ty), mask=i < n)
-
 def _take(src:torch.Tensor, # (M,) contiguous values
           idx:torch.Tensor, # (n,) positions in src, -1 for none
           dtype:torch.dtype)->torch.Tensor: # (n,) src[idx] (0 at -1) in dtype
-    "`torch.where(idx >= 0, src[idx.clamp_min(0)], 0)` in one launch (four ATen kernels otherwise): a row's routing weight and back."
-    out = torch.empty(idx.numel(), device=src.device, dtype=dtype)
-    if idx.numel(): _take_kernel[(triton.cdiv(idx.numel(), 1024),)](src, idx, out, idx.numel(), BLOCK=1024)
-    return out
+    "`torch.where(idx >= 0, src[idx.clamp_min(0)], 0)` by the dispatch gather of one-column rows (four ATen kernels otherwise)."
+    return _gather_fwd(src.view(-1, 1), idx, idx).view(-1).to(dtype)
 
 # %% ../nbs/03_experts.ipynb #9ce9af6e
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'

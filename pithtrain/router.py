@@ -472,15 +472,12 @@ class _FusedRouter(torch.autograd.Function):
             dpsum = g if dpsum is None else dpsum + g
         if dw is None and dpsum is None and dz is None: return (dxo if nx else None,) + (None,) * 6
         with torch.autocast(logits.device.type, enabled=False):
-            if ctx.split and dz is None and not nb and (dw is not None or dpsum is not None):   # the kernel splits it
-                dx, dwt = split_grads(_route_bwd(logits, ids, dw, dpsum, ctx.cfg, split=True), wb, xs, ctx.x_dtype, nx, nw, dxo,
-                                      pre_split=True)
-                return dx, _as(dwt, ctx.w_dtype), None, None, None, None, None
-            dl = _route_bwd(logits, ids, dw, dpsum, ctx.cfg) if dw is not None or dpsum is not None else torch.zeros_like(logits)
+            pre = ctx.split and dz is None and not nb   # only the split GEMMs read dl: the kernel writes it split
+            dl = _route_bwd(logits, ids, dw, dpsum, ctx.cfg, split=pre) if dw is not None or dpsum is not None else torch.zeros_like(logits)
             if dz is not None:                                        # z = mean lse²: dl += 2·lse·softmax(l)/T
                 dl += torch.exp(logits - lse[:, None]) * (lse * (2.0 / max(logits.shape[0], 1)) * dz)[:, None]
             dx = dwt = db = None
-            if ctx.split: dx, dwt = split_grads(dl, wb, xs, ctx.x_dtype, nx, nw, dxo)
+            if ctx.split: dx, dwt = split_grads(dl, wb, xs, ctx.x_dtype, nx, nw, dxo, pre_split=pre)
             else:
                 if nx: dx = _as(dl @ wb, ctx.x_dtype) if dxo is None else _as(dl @ wb + dxo, ctx.x_dtype)
                 if nw: dwt = dl.t() @ xs

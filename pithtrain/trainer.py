@@ -181,14 +181,20 @@ class GraphedStep:
         m = self.model
         if not (hasattr(opt, 'overlap') and opt._triton() and all(hasattr(m, a) for a in ('embed_tokens', 'layers', 'norm'))):
             raise ValueError("GraphedStep(opt=...) needs pithtrain's AdamW over CUDA parameters and a model with embed_tokens, layers and norm")
+        mods, stages = self._stages()
+        events = opt.overlap(stages, self.device)
+        for mod, ev in zip(mods, events):   # the final norm waits for the last stage: the whole step
+            mod.register_forward_pre_hook(lambda _m, _a, ev=ev: torch.cuda.current_stream().wait_event(ev))
+        return events
+
+    def _stages(self)->tuple:
+        "(modules, parameter stages): the embedding, each block, the rest; module i's forward needs stage i (the final norm: all)."
+        m = self.model
         mods, seen, stages = [m.embed_tokens, *m.layers], set(), []
         for mod in mods + [m]:   # the last stage: every parameter not yet taken (final norm, head, ...)
             ps = [p for p in mod.parameters() if p.requires_grad and id(p) not in seen]
             seen.update(id(p) for p in ps); stages.append(ps)
-        events = opt.overlap(stages, self.device)
-        for mod, ev in zip(mods + [m.norm], events):   # the final norm waits for the last stage: the whole step
-            mod.register_forward_pre_hook(lambda _m, _a, ev=ev: torch.cuda.current_stream().wait_event(ev))
-        return events
+        return mods + [m.norm], stages
 
     def _key(self, x, y)->tuple:
         "What a graph depends on besides the batch's values: shapes, where parameters and buffers live, which compute copies are current."
