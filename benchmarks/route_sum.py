@@ -1,10 +1,12 @@
-"""The router's partial sums (`router._route_sum_kernel`) by tile, inside CUDA graphs — prepared, not yet run on a GPU.
+"""The router's partial sums (`router._route_sum_kernel`) by tile, inside CUDA graphs.
 
 The forward kernel writes one row of partial counts and probability sums per program (T / BLOCK_T rows of 2E
 columns); `_route_sum_kernel` adds them up in a fixed order and writes the int32 counts. The library launches one
 program per 128 columns walking the rows 32 at a time: 11 µs a call at `small` in the kernel table
 (`results/e2e_kernels-small-compile-graph-overlap-v16-2026-11-29.txt`), about what the ATen sum and cast it replaced
-took. More programs (narrower column blocks) and longer row steps should bring it to the launch floor (≈ 3–4 µs).
+took. More programs (narrower column blocks) should bring it to the launch floor. Measured
+(`results/route_sum-2026-11-29.json`, µs, small / Qwen3): 32 × 128 7.07 / 7.31, 32 × 32 2.53 / 2.59, 16 × 16 2.19 /
+2.21, torch 6.35 / 6.60 — the library now takes 16 × 16 (the first row below; 32 × 128 was its tile before).
 Rows: the library's tile, the candidates, and torch's `part.sum(0)` + int32 cast; each candidate must give the
 library's counts exactly and its probability sums to fp32 rounding (BN changes the order of the additions; each
 tile's order stays fixed, so a run repeats its bits).
@@ -29,7 +31,7 @@ if __name__ == '__main__':
     smoke = '--cpu-smoke' in sys.argv
     dev = 'cpu' if smoke else 'cuda'
     SHAPES = {'tiny': (64 * 300, 24)} if smoke else {'small': (16384, 64), 'qwen3-30b-a3b-6l': (16384, 128)}   # (tokens, experts)
-    TILES = ((32, 128), (32, 32), (64, 32), (64, 64), (128, 32), (16, 16))   # (BN, BC); the first is the library's
+    TILES = ((16, 16), (32, 128), (32, 32), (64, 32), (64, 64), (128, 32))   # (BN, BC); the first is the library's
     res = {'date': str(datetime.date.today()), 'device': 'cpu' if smoke else torch.cuda.get_device_name(),
            'command': 'python3 benchmarks/route_sum.py', 'rows': []}
     for name, (T, E) in SHAPES.items():

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from .core import pdl, pdl_enter
 
 # %% ../nbs/02_dispatch.ipynb #95006c73
 class RoutingPlan(NamedTuple):
@@ -76,8 +77,9 @@ def _onehot(ids_ptr, i, M, EP: tl.constexpr):
     return e, (e[:, None] == tl.arange(0, EP)[None, :]).to(tl.int32)
 
 @triton.jit
-def _hist_kernel(ids_ptr, hist_ptr, M, E, BLOCK: tl.constexpr, C: tl.constexpr, EP: tl.constexpr):
+def _hist_kernel(ids_ptr, hist_ptr, M, E, BLOCK: tl.constexpr, C: tl.constexpr, EP: tl.constexpr, PDL:tl.constexpr=False):
     "hist[b, e] = number of pairs with expert e in block b."
+    if PDL: pdl_enter()
     b = tl.program_id(0).to(tl.int64)
     cnt = tl.zeros([EP], tl.int32)
     for c0 in range(0, BLOCK, C):
@@ -88,8 +90,9 @@ def _hist_kernel(ids_ptr, hist_ptr, M, E, BLOCK: tl.constexpr, C: tl.constexpr, 
 
 @triton.jit
 def _place_kernel(ids_ptr, hist_ptr, order_ptr, tok_ptr, inv_ptr, offs_ptr, counts_ptr, M, E, K, NB, PAD,
-                  BLOCK: tl.constexpr, C: tl.constexpr, EP: tl.constexpr, RB: tl.constexpr):
+                  BLOCK: tl.constexpr, C: tl.constexpr, EP: tl.constexpr, RB: tl.constexpr, PDL:tl.constexpr=False):
     "Each pair's plan row = group start + earlier blocks' count + its rank within the block."
+    if PDL: pdl_enter()
     b = tl.program_id(0)
     ex = tl.arange(0, EP)
     total = tl.zeros([EP], tl.int32)   # int32 plan rows: the caller checks N < 2³¹
@@ -138,9 +141,9 @@ def make_plan_triton(ids:torch.Tensor, # (T, k) expert ids
     hist = torch.empty(nb, E, dtype=torch.int32, device=dev)
     offsets = torch.empty(E + 1, dtype=torch.int32, device=dev)
     counts = torch.empty(E, dtype=torch.int32, device=dev)
-    _hist_kernel[(nb,)](flat, hist, M, E, BLOCK=B, C=C, EP=EP)
+    _hist_kernel[(nb,)](flat, hist, M, E, BLOCK=B, C=C, EP=EP, **pdl())
     _place_kernel[(nb,)](flat, hist, order, token_idx, inv, offsets, counts, M, E, k, nb, pad_to,
-                         BLOCK=B, C=C, EP=EP, RB=max(1, min(64, 8192 // EP)), num_warps=8)
+                         BLOCK=B, C=C, EP=EP, RB=max(1, min(64, 8192 // EP)), num_warps=8, **pdl())
     valid = order >= 0 if pad_to > 1 else None
     return RoutingPlan(order, token_idx, offsets, counts, inv, valid, k)
 
@@ -192,8 +195,9 @@ def combine_torch(rows:torch.Tensor, weights:torch.Tensor|None, plan:RoutingPlan
 # %% ../nbs/02_dispatch.ipynb #df75ec6e
 @triton.jit
 def _gather_kernel(x_ptr, tok_ptr, order_ptr, out_ptr, N, H,
-                   HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+                   HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, PDL:tl.constexpr=False):
     "out[i] = x[tok[i]] (zeros where order[i] < 0 when HAS_VALID)."
+    if PDL: pdl_enter()
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     m = (r < N)[:, None] & (c < H)[None, :]
@@ -205,8 +209,9 @@ def _gather_kernel(x_ptr, tok_ptr, order_ptr, out_ptr, N, H,
 
 @triton.jit
 def _combine_kernel(rows_ptr, w_ptr, inv_ptr, res_ptr, out_ptr, H, K,
-                    HAS_W: tl.constexpr, HAS_R: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr):
+                    HAS_W: tl.constexpr, HAS_R: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr, PDL:tl.constexpr=False):
     "out[t] = (res[t] +) Σ_j w[t,j]·rows[inv[t,j]] in fp32 (w = 1 without HAS_W; inv < 0 skipped)."
+    if PDL: pdl_enter()
     t = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     j = tl.arange(0, KP)
@@ -219,8 +224,9 @@ def _combine_kernel(rows_ptr, w_ptr, inv_ptr, res_ptr, out_ptr, H, K,
 
 @triton.jit
 def _combine_bwd_kernel(dout_ptr, rows_ptr, w_ptr, inv_ptr, drows_ptr, dw_ptr, H, K,
-                        HAS_W: tl.constexpr, NEED_DW: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr):
+                        HAS_W: tl.constexpr, NEED_DW: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr, PDL:tl.constexpr=False):
     "drows[inv[t,j]] = w[t,j]·dout[t] (w = 1 without HAS_W); dw[t,j] = <dout[t], rows[inv[t,j]]> (fp32)."
+    if PDL: pdl_enter()
     t = tl.program_id(0).to(tl.int64)
     j = tl.arange(0, KP)
     r = tl.load(inv_ptr + t * K + j, mask=j < K, other=-1)
@@ -247,7 +253,7 @@ def _gather_fwd(x, tok, order):
     br = max(64, min(1024, 8192 // bh))   # narrower rows (a routing weight a row: 1 column): more of them a program
     if N and H: _gather_kernel[(triton.cdiv(N, br), triton.cdiv(H, bh))](x, tok, order if order is not None else tok, out, N, H,
                                                                          HAS_VALID=order is not None, BLOCK_R=br, BLOCK_H=bh,
-                                                                         num_warps=8)
+                                                                         num_warps=8, **pdl())
     return out
 
 def _combine_fwd(rows, w, inv, T, k, dtype, res=None):
@@ -255,7 +261,7 @@ def _combine_fwd(rows, w, inv, T, k, dtype, res=None):
     out = torch.empty(T, H, dtype=dtype, device=rows.device)
     if T and H: _combine_kernel[(T, triton.cdiv(H, _bh(H)))](rows, w if w is not None else inv, inv, res if res is not None else out,
                                                              out, H, k, HAS_W=w is not None, HAS_R=res is not None,
-                                                             KP=triton.next_power_of_2(k), BLOCK_H=_bh(H))
+                                                             KP=triton.next_power_of_2(k), BLOCK_H=_bh(H), **pdl())
     return out
 
 class _Gather(torch.autograd.Function):
@@ -288,7 +294,7 @@ class _Combine(torch.autograd.Function):
         if T and H:
             _combine_bwd_kernel[(T,)](g.contiguous(), rows if need_dw else g, weights if weights is not None else inv, inv, drows,
                                       dw if need_dw else g, H, k, HAS_W=weights is not None, NEED_DW=need_dw,
-                                      KP=triton.next_power_of_2(k), BLOCK_H=_bh(H))
+                                      KP=triton.next_power_of_2(k), BLOCK_H=_bh(H), **pdl())
         elif need_dw: dw.zero_()
         return drows, (dw.to(weights.dtype) if need_dw else None), None, None, None, g if ctx.needs_input_grad[5] else None  # residual: g itself
 

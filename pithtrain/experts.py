@@ -11,7 +11,7 @@ import os
 import torch, torch.nn.functional as F
 import triton, triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
-from .core import compute_weight, note_sq_norm
+from .core import compute_weight, note_sq_norm, pdl, pdl_enter
 from .dispatch import _gather_fwd
 
 # %% ../nbs/03_experts.ipynb #d0e8bc4d
@@ -279,8 +279,9 @@ try:   # Gluon: explicit partitions, mbarriers and warpgroup MMAs (Triton ≥ 3.
 except ImportError: _GLUON = False
 
 @triton.jit
-def _tile_table_kernel(offs, table, E, BM:tl.constexpr, EP2:tl.constexpr, TB:tl.constexpr):
+def _tile_table_kernel(offs, table, E, BM:tl.constexpr, EP2:tl.constexpr, TB:tl.constexpr, PDL:tl.constexpr=False):
     "table[0] = number of row tiles; table[1 + 3j : 4 + 3j] = (first row, end of its expert's rows, expert) of row tile j."
+    if PDL: pdl_enter()
     e_, lo, hi, tiles, ends = _expert_rows(offs, E, BM, EP2)   # every program: TB tiles each
     total = tl.sum(tiles, 0)
     if tl.program_id(0) == 0: tl.store(table, total)
@@ -300,7 +301,7 @@ def _tile_table(offs:torch.Tensor, # (E+1,) int32 row offsets of the experts
     E = offs.numel() - 1
     maxt = triton.cdiv(N, BM) + E
     table = torch.empty(1 + 3 * maxt, device=offs.device, dtype=torch.int32)
-    _tile_table_kernel[(triton.cdiv(maxt, 64),)](offs, table, E, BM=BM, EP2=triton.next_power_of_2(E), TB=64)
+    _tile_table_kernel[(triton.cdiv(maxt, 64),)](offs, table, E, BM=BM, EP2=triton.next_power_of_2(E), TB=64, **pdl())
     return table
 
 # %% ../nbs/03_experts.ipynb #7245afa5
@@ -632,8 +633,9 @@ def _wgrad_kernel(a, tok, b, offs, dw, db, sq, a_d, b_d, KO, NO, sa_m, sa_k, sb_
 
 # %% ../nbs/03_experts.ipynb #8f4fcbda
 @triton.jit
-def _token_sum_kernel(rows, inv, wts, out, H, k, sr, so, BH:tl.constexpr, HAS_W:tl.constexpr):
+def _token_sum_kernel(rows, inv, wts, out, H, k, sr, so, BH:tl.constexpr, HAS_W:tl.constexpr, PDL:tl.constexpr=False):
     "out[t] = Σ_j (wts[t, j] ·) rows[inv[t·k + j]] in fp32."
+    if PDL: pdl_enter()
     t, pn = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = pn * BH + tl.arange(0, BH)
     m = cols < H
@@ -656,7 +658,7 @@ def _token_sum(rows:torch.Tensor, # (N, H) plan rows
     BH = min(triton.next_power_of_2(H), 1024)
     w = weights.contiguous() if weights is not None else inv
     _token_sum_kernel[(T, triton.cdiv(H, BH))](rows, inv, w, out, H, inv.numel() // T, rows.stride(0), out.stride(0),
-                                              BH=BH, HAS_W=weights is not None)
+                                              BH=BH, HAS_W=weights is not None, **pdl())
     return out
 
 def _take(src:torch.Tensor, # (M,) contiguous values
@@ -814,8 +816,9 @@ def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=Fa
 
 @triton.jit
 def _act_bwd_kernel(dh, gu, dgu, rw, drw, N, I, alpha, limit, OAI:tl.constexpr, INTER:tl.constexpr, ROWW:tl.constexpr,
-                    DW:tl.constexpr, BR:tl.constexpr, BI:tl.constexpr):
+                    DW:tl.constexpr, BR:tl.constexpr, BI:tl.constexpr, PDL:tl.constexpr=False):
     "dgu = activation backward of (rw[row] ·) dh (N, I) at the stored pre-activations gu (N, 2I); DW: drw[row] = Σ dh·act(gu)."
+    if PDL: pdl_enter()
     r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     rm = r < N
     if ROWW: wr = tl.load(rw + r, mask=rm, other=0.0).to(tl.float32)
@@ -847,7 +850,7 @@ def _dgu(dy, offs, w2c, gu, oai, inter, alpha, limit, rw=None, need_drw=False, t
     BI, BR = min(triton.next_power_of_2(max(I, 1)), 256), 8   # `benchmarks/act_bwd_tiles.py`: 8 × 256, 4 warps, at both shapes
     if N: _act_bwd_kernel[(triton.cdiv(N, BR),)](dh, gu, dgu, rw if rw is not None else dh, drw if need_drw else dh, N, I,
                                                float(alpha), float(limit), OAI=oai, INTER=inter, ROWW=rw is not None,
-                                               DW=need_drw, BR=BR, BI=BI)
+                                               DW=need_drw, BR=BR, BI=BI, **pdl())
     return dgu, drw
 
 def _sq_slots(dw)->torch.Tensor:
@@ -858,8 +861,9 @@ def _sq_slots(dw)->torch.Tensor:
     return torch.zeros(E * triton.cdiv(KO, bm) * triton.cdiv(NO, bn), device=dw.device)
 
 @triton.jit
-def _expert_order_kernel(offs, order, E, EP2:tl.constexpr, BJ:tl.constexpr):
+def _expert_order_kernel(offs, order, E, EP2:tl.constexpr, BJ:tl.constexpr, PDL:tl.constexpr=False):
     "order[rank] = expert, ranked by rows (most first; ties by index): rank i = the experts that come before i."
+    if PDL: pdl_enter()
     i = tl.arange(0, EP2)
     ci = tl.load(offs + i + 1, mask=i < E, other=0) - tl.load(offs + i, mask=i < E, other=0)
     rank = tl.zeros((EP2,), tl.int32)
@@ -876,7 +880,7 @@ def expert_order(offs:torch.Tensor # (E+1,) int32 row offsets of the experts
     E = offs.numel() - 1
     order = torch.empty(E, device=offs.device, dtype=torch.int32)
     EP2 = triton.next_power_of_2(max(E, 1))
-    _expert_order_kernel[(1,)](offs, order, E, EP2=EP2, BJ=max(1, min(EP2, 8192 // EP2)))
+    _expert_order_kernel[(1,)](offs, order, E, EP2=EP2, BJ=max(1, min(EP2, 8192 // EP2)), **pdl())
     return order
 
 def _wgrad_ws(a, b, offs, dw, sq=None, order=None, deal=None):

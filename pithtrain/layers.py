@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import triton, triton.language as tl
-from .core import compute_weight, note_sq_norm
+from .core import compute_weight, note_sq_norm, pdl, pdl_enter
 
 # %% ../nbs/04_layers.ipynb #8b7c0f1b
 class RMSNorm(nn.Module):
@@ -225,8 +225,9 @@ def _qknr_head(y, cos, sin, t, m, h, S, sy, eps, D:tl.constexpr):
     return a, b, r, tl.load(cos + pos, mask=m, other=0.0), tl.load(sin + pos, mask=m, other=0.0)
 
 @triton.jit
-def _qknr_fwd_kernel(y, wq, wk, cos, sin, q, k, v, T, S, sy, HQ, HK, eps, D:tl.constexpr, BT:tl.constexpr):
+def _qknr_fwd_kernel(y, wq, wk, cos, sin, q, k, v, T, S, sy, HQ, HK, eps, D:tl.constexpr, BT:tl.constexpr, PDL:tl.constexpr=False):
     "Program (token block, head): q/k heads normed and rotated, v heads copied; y's columns are [q heads | k heads | v heads]."
+    if PDL: pdl_enter()
     t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
     h = tl.program_id(1)
     j = tl.arange(0, D // 2)
@@ -276,8 +277,9 @@ def _qknr_bwd_block(y, wq, wk, cos, sin, dq, dk, dv, dy, t, h, T, S, sy, HQ, HK,
     return sa, sb
 
 @triton.jit
-def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, eps, NP, D:tl.constexpr, BT:tl.constexpr):
+def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, eps, NP, D:tl.constexpr, BT:tl.constexpr, PDL:tl.constexpr=False):
     "Program (p, head): dy's columns of the head in token blocks p, p + NP, …; ws[p, head] = their Σ dn·x̂ (the weight's gradient)."
+    if PDL: pdl_enter()
     p, h = tl.program_id(0), tl.program_id(1)
     acc_a, acc_b = tl.zeros((D // 2,), tl.float32), tl.zeros((D // 2,), tl.float32)
     for b in range(p, tl.cdiv(T, BT), NP):
@@ -290,8 +292,9 @@ def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, 
         tl.store(slot + D // 2, acc_b)
 
 @triton.jit
-def _qknr_wsum_kernel(ws, dwq, dwk, R, HQ, HK, D:tl.constexpr, BR:tl.constexpr):
+def _qknr_wsum_kernel(ws, dwq, dwk, R, HQ, HK, D:tl.constexpr, BR:tl.constexpr, PDL:tl.constexpr=False):
     "Program 0: dwq = the sum of ws's q slots (ws: (R, HQ + HK, D)), program 1: dwk; rows in a fixed order."
+    if PDL: pdl_enter()
     p = tl.program_id(0)
     j = tl.arange(0, D)
     lo, n = tl.where(p == 0, 0, HQ), tl.where(p == 0, HQ, HK)
@@ -315,7 +318,7 @@ def _qknr(y:torch.Tensor, wq:torch.Tensor, wk:torch.Tensor, cos:torch.Tensor, si
     q, k, v = y.new_empty(T, HQ, D), y.new_empty(T, HK, D), y.new_empty(T, HK, D)
     BT, nw = _qknr_cfg(D)
     if T: _qknr_fwd_kernel[(triton.cdiv(T, BT), HQ + 2 * HK)](y, wq, wk, cos, sin, q, k, v, T, S, y.stride(0), HQ, HK, eps,
-                                                             D=D, BT=BT, num_warps=nw)
+                                                             D=D, BT=BT, num_warps=nw, **pdl())
     return q, k, v
 
 @_qknr.register_fake
@@ -330,8 +333,8 @@ def _qknr_bwd(dq:torch.Tensor, dk:torch.Tensor, dv:torch.Tensor, y:torch.Tensor,
     dy, dwq, dwk = torch.empty_like(y), torch.empty_like(wq), torch.empty_like(wk)
     ws = torch.empty(NP, HQ + HK, D, dtype=torch.float32, device=y.device)   # every slot written (zeros when T = 0)
     _qknr_bwd_kernel[(NP, HQ + 2 * HK)](y, wq, wk, cos, sin, dq.contiguous(), dk.contiguous(), dv.contiguous(), dy, ws,
-                                        T, S, y.stride(0), HQ, HK, eps, NP, D=D, BT=BT, num_warps=nw)
-    _qknr_wsum_kernel[(2,)](ws, dwq, dwk, NP, HQ, HK, D=D, BR=max(1, 8192 // D), num_warps=8)   # fixed-order sums of the slots
+                                        T, S, y.stride(0), HQ, HK, eps, NP, D=D, BT=BT, num_warps=nw, **pdl())
+    _qknr_wsum_kernel[(2,)](ws, dwq, dwk, NP, HQ, HK, D=D, BR=max(1, 8192 // D), num_warps=8, **pdl())   # fixed-order sums of the slots
     return dy, dwq, dwk
 
 @_qknr_bwd.register_fake
@@ -417,8 +420,9 @@ class SwiGLUMLP(nn.Module):
 _INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 
 @triton.jit
-def _ce_kernel(lg, labels, loss, scale, V, stride, BV:tl.constexpr, GRAD:tl.constexpr):
+def _ce_kernel(lg, labels, loss, scale, V, stride, BV:tl.constexpr, GRAD:tl.constexpr, PDL:tl.constexpr=False):
     "Row `pid` of `lg`: loss = lse − x[label] (0 if label = -100); with GRAD, lg ← (softmax − onehot)·scale·valid."
+    if PDL: pdl_enter()
     row = tl.program_id(0).to(tl.int64)
     base = lg + row * stride
     y = tl.load(labels + row).to(tl.int64)
@@ -457,7 +461,7 @@ def _ce_rows(lg:torch.Tensor, # (n, V) logits, contiguous rows; overwritten by t
     if n == 0: return out
     if lg.stride(1) != 1: raise ValueError("logits rows must be contiguous")
     BV = block or min(triton.next_power_of_2(V), 1024 if _INTERPRET else 8192 if V <= 32768 else 4096)
-    _ce_kernel[(n,)](lg, labels, out, scale, V, lg.stride(0), BV=BV, GRAD=grad, num_warps=warps)
+    _ce_kernel[(n,)](lg, labels, out, scale, V, lg.stride(0), BV=BV, GRAD=grad, num_warps=warps, **pdl())
     return out
 
 def _ce_rows_torch(lg, labels, scale, grad, out):
@@ -474,8 +478,9 @@ def _ce_rows_torch(lg, labels, scale, grad, out):
 
 # %% ../nbs/04_layers.ipynb #50352063
 @triton.jit
-def _scale_sq_kernel(x, g, out, sq, n, BLOCK:tl.constexpr):
+def _scale_sq_kernel(x, g, out, sq, n, BLOCK:tl.constexpr, PDL:tl.constexpr=False):
     "out = x · g (g: a 0-d tensor); sq[program] = Σ out² over its block."
+    if PDL: pdl_enter()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     y = tl.load(x + offs, mask=ok, other=0.0).to(tl.float32) * tl.load(g).to(tl.float32)
@@ -488,7 +493,7 @@ def scale_sq(x:torch.Tensor, # fp32, contiguous
     "(x · g, ‖x · g‖²) in one Triton pass over x."
     x = x.contiguous(); n, B = x.numel(), 4096
     out = torch.empty_like(x); slots = torch.zeros(max(triton.cdiv(n, B), 1), dtype=torch.float32, device=x.device)
-    if n: _scale_sq_kernel[(triton.cdiv(n, B),)](x, g.reshape(()).to(x.device), out, slots, n, BLOCK=B, num_warps=8)
+    if n: _scale_sq_kernel[(triton.cdiv(n, B),)](x, g.reshape(()).to(x.device), out, slots, n, BLOCK=B, num_warps=8, **pdl())
     return out, slots.sum()
 
 # %% ../nbs/04_layers.ipynb #af723e14
@@ -583,8 +588,9 @@ def cross_entropy(hidden:torch.Tensor, # (T, H) final hidden states (or (B, S, H
 
 # %% ../nbs/04_layers.ipynb #8a1eec7d
 @triton.jit
-def _embed_bwd_kernel(dy, order, starts, dw, sq, H, BR:tl.constexpr, BH:tl.constexpr):
+def _embed_bwd_kernel(dy, order, starts, dw, sq, H, BR:tl.constexpr, BH:tl.constexpr, PDL:tl.constexpr=False):
     "dw[v, column block] = Σ dy[t] over the tokens t with id v (positions order[starts[v]:starts[v+1]]), fp32; 0 if none."
+    if PDL: pdl_enter()
     v = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
     okc = cols < H
@@ -614,7 +620,7 @@ def embedding_backward(ids:torch.Tensor, # token ids, any shape, int
     dw = torch.empty(V, H, dtype=torch.float32, device=dy.device)
     BH = block or min(triton.next_power_of_2(H), 1024)
     slots = torch.zeros(V * triton.cdiv(H, BH) if V and H else 1, dtype=torch.float32, device=dy.device)
-    if V and H: _embed_bwd_kernel[(V, triton.cdiv(H, BH))](dy, order, starts, dw, slots, H, BR=16, BH=BH, num_warps=4)
+    if V and H: _embed_bwd_kernel[(V, triton.cdiv(H, BH))](dy, order, starts, dw, slots, H, BR=16, BH=BH, num_warps=4, **pdl())
     return (dw.to(dtype), slots.sum()) if sq else dw.to(dtype)
 
 class _Embed(torch.autograd.Function):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 import triton, triton.language as tl
+from .core import pdl, pdl_enter
 
 # %% ../nbs/21_optim.ipynb #566c791e
 def no_decay(name:str, p:torch.Tensor)->bool:
@@ -105,7 +106,8 @@ def _round_bf16(x, r):
 
 @triton.jit(do_not_specialize=['seed'])   # a new key every call: one compiled kernel for all of them
 def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size, b1, b2, eps, bc2_sqrt, seed,
-                  HAS_GS:tl.constexpr, COPY:tl.constexpr, SR:tl.constexpr, BLOCK:tl.constexpr):
+                  HAS_GS:tl.constexpr, COPY:tl.constexpr, SR:tl.constexpr, BLOCK:tl.constexpr, PDL:tl.constexpr=False):
+    if PDL: pdl_enter()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
@@ -225,7 +227,7 @@ class AdamW(torch.optim.AdamW):
         seed = _key(int(t), self._index.get(id(p), 0)) if sr else 0   # new per step and parameter
         if n: _adamw_kernel[(triton.cdiv(n, self.block),)](
             w, g, m, v, p.compute_copy if copy else w, gs if gs is not None else w, n, 1.0 - lr * wd, lr / (1 - b1 ** t),
-            b1, b2, eps, math.sqrt(1 - b2 ** t), seed, HAS_GS=gs is not None, COPY=copy, SR=sr, BLOCK=self.block)
+            b1, b2, eps, math.sqrt(1 - b2 ** t), seed, HAS_GS=gs is not None, COPY=copy, SR=sr, BLOCK=self.block, **pdl())
         if copy: p.compute_copy_version = p._version   # the kernel's raw writes leave the version counter alone
 
 # %% ../nbs/21_optim.ipynb #569af2b0

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
 import triton, triton.language as tl
-from .core import positive, Config, ConfigError, choice, check
+from .core import positive, Config, ConfigError, choice, check, pdl, pdl_enter
 
 # %% ../nbs/01_router.ipynb #6b221571
 _nonneg = lambda v: v >= 0
@@ -176,7 +176,8 @@ def _row_tile(logits, pid, T, E, sl, BT:tl.constexpr, EP2:tl.constexpr):
 @triton.jit
 def _route_fwd_kernel(logits, e_bias, ids, wts, part, T, E, k, sl, scale,
                       SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_BIAS:tl.constexpr, PSUM:tl.constexpr,
-                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr):
+                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr, PDL:tl.constexpr=False):
+    if PDL: pdl_enter()
     pid = tl.program_id(0)
     rvalid, r64, cols, cvalid, l = _row_tile(logits, pid, T, E, sl, BT, EP2)
     if SCORE == 1:
@@ -238,15 +239,16 @@ def _route_fwd(logits:torch.Tensor,       # (T, E) fp32 logits, contiguous
     if T: _route_fwd_kernel[(n,)](logits, e_bias if e_bias is not None else logits, ids, w, part, T, E, k, logits.stride(0),
                                 float(cfg.routed_scaling_factor), SCORE=_SCORES[cfg.score], NORM=cfg.norm_topk_prob,
                                 SOFTK=_softk(cfg), HAS_BIAS=e_bias is not None, PSUM=psum_on, BT=BT, EP2=EP2,
-                                KP2=triton.next_power_of_2(k), num_warps=warps)
+                                KP2=triton.next_power_of_2(k), num_warps=warps, **pdl())
     tot, cnt = torch.empty(part.shape[1], dtype=torch.float32, device=dev), torch.empty(E, dtype=torch.int32, device=dev)
-    C = part.shape[1]; BC = min(triton.next_power_of_2(C), 128)
-    _route_sum_kernel[(triton.cdiv(C, BC),)](part, tot, cnt, part.shape[0], C, E, BN=32, BC=BC)   # torch: a sum and a cast
+    C = part.shape[1]; BC = min(triton.next_power_of_2(C), 16)   # 16 × 16 tiles: 2.2 µs at `small` (32 × 128: 7.1; torch 6.4)
+    _route_sum_kernel[(triton.cdiv(C, BC),)](part, tot, cnt, part.shape[0], C, E, BN=16, BC=BC, **pdl())   # (`benchmarks/route_sum.py`)
     return ids, w, cnt, tot[:E], tot[E:] if psum_on else None
 
 @triton.jit
-def _route_sum_kernel(part, tot, cnt, n, C, E, BN:tl.constexpr, BC:tl.constexpr):
+def _route_sum_kernel(part, tot, cnt, n, C, E, BN:tl.constexpr, BC:tl.constexpr, PDL:tl.constexpr=False):
     "tot[c] = Σ_r part[r, c] (the programs' partial counts and prob sums) in a fixed order; cnt = the counts, tot[:E], as int32."
+    if PDL: pdl_enter()
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     acc = tl.zeros((BN, BC), tl.float32)
     for r0 in range(0, n, BN):
@@ -260,7 +262,8 @@ def _route_sum_kernel(part, tot, cnt, n, C, E, BN:tl.constexpr, BC:tl.constexpr)
 @triton.jit
 def _route_bwd_kernel(logits, ids, dw, dps, dl, T, E, k, sl, scale,
                       SCORE:tl.constexpr, NORM:tl.constexpr, SOFTK:tl.constexpr, HAS_DW:tl.constexpr, HAS_DPS:tl.constexpr,
-                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr, SPLIT:tl.constexpr):
+                      BT:tl.constexpr, EP2:tl.constexpr, KP2:tl.constexpr, SPLIT:tl.constexpr, PDL:tl.constexpr=False):
+    if PDL: pdl_enter()
     rvalid, r64, cols, cvalid, l = _row_tile(logits, tl.program_id(0), T, E, sl, BT, EP2)
     if SCORE == 1:
         s = tl.sigmoid(l)
@@ -322,7 +325,7 @@ def _route_bwd(logits:torch.Tensor,      # (T, E) fp32 logits of the forward
         logits, ids, dw.contiguous() if dw is not None else logits, dpsum.contiguous() if dpsum is not None else logits, dl,
         T, E, k, logits.stride(0), float(cfg.routed_scaling_factor), SCORE=_SCORES[cfg.score], NORM=cfg.norm_topk_prob,
         SOFTK=_softk(cfg), HAS_DW=dw is not None, HAS_DPS=dpsum is not None, BT=BT, EP2=EP2,
-        KP2=triton.next_power_of_2(k), SPLIT=split, num_warps=warps)
+        KP2=triton.next_power_of_2(k), SPLIT=split, num_warps=warps, **pdl())
     return dl
 
 # %% ../nbs/01_router.ipynb #9a8c82a6
@@ -378,8 +381,9 @@ def _mm(a:torch.Tensor, b:torch.Tensor, dt:torch.dtype, acc:torch.Tensor|None=No
     return r if acc is None else r + acc
 
 @triton.jit
-def _split_weight_kernel(w, wb, n, BLOCK:tl.constexpr):
+def _split_weight_kernel(w, wb, n, BLOCK:tl.constexpr, PDL:tl.constexpr=False):
     "wb (3n,) bf16 = [hi | lo | hi] of w's n fp32 values."
+    if PDL: pdl_enter()
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(w + i, mask=i < n)
     hi = x.to(tl.bfloat16)
@@ -393,7 +397,7 @@ def _split_weight(w:torch.Tensor, # (E, H) gate weight
     E = w.shape[0]
     wb = torch.empty(3 * E, w.shape[1], dtype=torch.bfloat16, device=w.device)
     if use_triton and w.dtype == torch.float32 and w.is_contiguous():
-        if w.numel(): _split_weight_kernel[(triton.cdiv(w.numel(), 1024),)](w, wb, w.numel(), BLOCK=1024)
+        if w.numel(): _split_weight_kernel[(triton.cdiv(w.numel(), 1024),)](w, wb, w.numel(), BLOCK=1024, **pdl())
         return wb
     wb[:E].copy_(w)
     torch.sub(w, wb[:E], out=wb[E:2 * E])          # the difference is exact in fp32, rounded once on store
