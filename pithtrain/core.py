@@ -27,8 +27,8 @@ from triton.language.extra.cuda import gdc_wait, gdc_launch_dependents
 
 @functools.cache
 def pdl_on()->bool:
-    "Programmatic dependent launch: CUDA compute capability ≥ 9, not the interpreter, `PITHTRAIN_PDL` not '0' (read once)."
-    return (os.environ.get('PITHTRAIN_PDL', '1') != '0' and os.environ.get('TRITON_INTERPRET') != '1'
+    "Programmatic dependent launch: `PITHTRAIN_PDL=1`, CUDA compute capability ≥ 9, not the interpreter (read once)."
+    return (os.environ.get('PITHTRAIN_PDL', '0') == '1' and os.environ.get('TRITON_INTERPRET') != '1'
             and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9)
 
 def pdl()->dict:

@@ -1,7 +1,7 @@
-"""GPU checks of programmatic dependent launch (`core.pdl`): a long chain of dependent PDL kernels, eager and in a CUDA
-graph, reads every predecessor's writes (each program reads another program's rows, so a kernel that ran ahead of its
-predecessor would read stale values); and the graphed, overlapped training step gives the same parameters bit for bit
-with PDL on and off. (Not compiled: two compilations autotune Inductor's kernels separately, so their sums may differ
+"""GPU checks of programmatic dependent launch (`core.pdl`; opt-in by `PITHTRAIN_PDL=1`, which these tests set): a long
+chain of dependent PDL kernels, eager and in a CUDA graph, reads every predecessor's writes (each program reads another
+program's rows, so a kernel that ran ahead of its predecessor would read stale values); and the graphed, overlapped
+training step gives the same parameters bit for bit with PDL on and off. (Not compiled: two compilations autotune Inductor's kernels separately, so their sums may differ
 in the last bit whatever PDL does — the compiled step's Inductor kernels launch without PDL anyway.)
 
     python3 -m pytest -v tests/test_pdl_gpu.py
@@ -11,6 +11,13 @@ from pithtrain import core
 from pithtrain.core import pdl, pdl_enter
 
 pytestmark = pytest.mark.gpu
+
+@pytest.fixture(autouse=True)
+def _pdl_on(monkeypatch):
+    "PDL on for each test (`core.pdl_on` reads the variable once: its cache cleared before and after)."
+    monkeypatch.setenv('PITHTRAIN_PDL', '1'); core.pdl_on.cache_clear()
+    yield
+    core.pdl_on.cache_clear()
 
 @triton.jit
 def _shift_inc_kernel(x, y, n, PDL:tl.constexpr=False, B:tl.constexpr=1024):
@@ -23,8 +30,10 @@ def _chain(a, b, n_kernels):
         _shift_inc_kernel[(triton.cdiv(a.numel(), 1024),)](a, b, a.numel(), **pdl())
         _shift_inc_kernel[(triton.cdiv(a.numel(), 1024),)](b, a, a.numel(), **pdl())
 
-def test_pdl_is_on_for_hopper():
-    assert core.pdl_on() == (torch.cuda.get_device_capability()[0] >= 9 and os.environ.get('PITHTRAIN_PDL', '1') != '0')
+def test_pdl_is_on_for_hopper(monkeypatch):
+    assert core.pdl_on() == (torch.cuda.get_device_capability()[0] >= 9)
+    monkeypatch.delenv('PITHTRAIN_PDL'); core.pdl_on.cache_clear()
+    assert not core.pdl_on() and pdl() == dict(PDL=False, launch_pdl=False)   # the default
 
 @pytest.mark.parametrize('graphed', [False, True])
 def test_pdl_chain_sees_every_predecessor(graphed):
@@ -55,13 +64,10 @@ def _train(steps=4):
     return [p.detach().clone() for p in model.parameters()]
 
 def test_graphed_step_same_with_pdl_off(monkeypatch):
-    core.pdl_on.cache_clear()
+    assert core.pdl_on() == (torch.cuda.get_device_capability()[0] >= 9)
     on = _train()
     monkeypatch.setenv('PITHTRAIN_PDL', '0'); core.pdl_on.cache_clear()
-    try:
-        assert not core.pdl_on()
-        off = _train()
-    finally:
-        monkeypatch.delenv('PITHTRAIN_PDL'); core.pdl_on.cache_clear()
+    assert not core.pdl_on()
+    off = _train()
     assert len(on) == len(off)
     for i, (x, y) in enumerate(zip(on, off)): assert torch.equal(x, y), i
