@@ -30,6 +30,8 @@ for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDU
     import torch._inductor.config as IC; k, v = kv.split('='); *path, k = k.split('.'); cfg = IC
     for part in path: cfg = getattr(cfg, part)
     old = getattr(cfg, k); setattr(cfg, k, (int(v) if v.isdigit() else v) if old is None else type(old)(int(v) if v.isdigit() else v))
+if os.environ.get('PDL_ADAMW') == '0':   # with PITHTRAIN_PDL=1: the side stream's AdamW kernels launched without PDL
+    O.pdl = lambda: dict(PDL=False, launch_pdl=False)
 if os.environ.get('QKNR') == '0':   # q/k norm + RoPE by the separate modules (compiled), not `layers.qk_norm_rope`
     import pithtrain.layers as LY; LY.FUSED_QK_NORM_ROPE = False
 if os.environ.get('TUNE') == '0':   # Inductor without its coordinate-descent tuning (`compile_dense(tune=False)`)

@@ -209,7 +209,8 @@ def _gather_kernel(x_ptr, tok_ptr, order_ptr, out_ptr, N, H,
 
 @triton.jit
 def _combine_kernel(rows_ptr, w_ptr, inv_ptr, res_ptr, out_ptr, H, K,
-                    HAS_W: tl.constexpr, HAS_R: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr, PDL:tl.constexpr=False):
+                    HAS_W: tl.constexpr, HAS_R: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr,
+                    PDL:tl.constexpr=False):
     "out[t] = (res[t] +) Σ_j w[t,j]·rows[inv[t,j]] in fp32 (w = 1 without HAS_W; inv < 0 skipped)."
     if PDL: pdl_enter()
     t = tl.program_id(0).to(tl.int64)
@@ -224,7 +225,8 @@ def _combine_kernel(rows_ptr, w_ptr, inv_ptr, res_ptr, out_ptr, H, K,
 
 @triton.jit
 def _combine_bwd_kernel(dout_ptr, rows_ptr, w_ptr, inv_ptr, drows_ptr, dw_ptr, H, K,
-                        HAS_W: tl.constexpr, NEED_DW: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr, PDL:tl.constexpr=False):
+                        HAS_W: tl.constexpr, NEED_DW: tl.constexpr, KP: tl.constexpr, BLOCK_H: tl.constexpr,
+                        PDL:tl.constexpr=False):
     "drows[inv[t,j]] = w[t,j]·dout[t] (w = 1 without HAS_W); dw[t,j] = <dout[t], rows[inv[t,j]]> (fp32)."
     if PDL: pdl_enter()
     t = tl.program_id(0).to(tl.int64)

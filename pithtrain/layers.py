@@ -225,7 +225,8 @@ def _qknr_head(y, cos, sin, t, m, h, S, sy, eps, D:tl.constexpr):
     return a, b, r, tl.load(cos + pos, mask=m, other=0.0), tl.load(sin + pos, mask=m, other=0.0)
 
 @triton.jit
-def _qknr_fwd_kernel(y, wq, wk, cos, sin, q, k, v, T, S, sy, HQ, HK, eps, D:tl.constexpr, BT:tl.constexpr, PDL:tl.constexpr=False):
+def _qknr_fwd_kernel(y, wq, wk, cos, sin, q, k, v, T, S, sy, HQ, HK, eps, D:tl.constexpr, BT:tl.constexpr,
+                     PDL:tl.constexpr=False):
     "Program (token block, head): q/k heads normed and rotated, v heads copied; y's columns are [q heads | k heads | v heads]."
     if PDL: pdl_enter()
     t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
@@ -277,7 +278,8 @@ def _qknr_bwd_block(y, wq, wk, cos, sin, dq, dk, dv, dy, t, h, T, S, sy, HQ, HK,
     return sa, sb
 
 @triton.jit
-def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, eps, NP, D:tl.constexpr, BT:tl.constexpr, PDL:tl.constexpr=False):
+def _qknr_bwd_kernel(y, wq, wk, cos, sin, dq, dk, dv, dy, ws, T, S, sy, HQ, HK, eps, NP, D:tl.constexpr, BT:tl.constexpr,
+                     PDL:tl.constexpr=False):
     "Program (p, head): dy's columns of the head in token blocks p, p + NP, …; ws[p, head] = their Σ dn·x̂ (the weight's gradient)."
     if PDL: pdl_enter()
     p, h = tl.program_id(0), tl.program_id(1)
@@ -334,7 +336,8 @@ def _qknr_bwd(dq:torch.Tensor, dk:torch.Tensor, dv:torch.Tensor, y:torch.Tensor,
     ws = torch.empty(NP, HQ + HK, D, dtype=torch.float32, device=y.device)   # every slot written (zeros when T = 0)
     _qknr_bwd_kernel[(NP, HQ + 2 * HK)](y, wq, wk, cos, sin, dq.contiguous(), dk.contiguous(), dv.contiguous(), dy, ws,
                                         T, S, y.stride(0), HQ, HK, eps, NP, D=D, BT=BT, num_warps=nw, **pdl())
-    _qknr_wsum_kernel[(2,)](ws, dwq, dwk, NP, HQ, HK, D=D, BR=max(1, 8192 // D), num_warps=8, **pdl())   # fixed-order sums of the slots
+    _qknr_wsum_kernel[(2,)](ws, dwq, dwk, NP, HQ, HK, D=D, BR=max(1, 8192 // D), num_warps=8,
+                            **pdl())   # fixed-order sums of the slots
     return dy, dwq, dwk
 
 @_qknr_bwd.register_fake
