@@ -430,11 +430,17 @@ if _GLUON:
         return a_bufs, b_bufs, c_bufs, ready, empty, done
 
     @gluon.jit
+    def _gdc_wait():
+        "`griddepcontrol.wait` in Gluon (`core.pdl_enter`'s first half): the previous grid done, its writes visible."
+        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
     def _pmm_ws_kernel(a_d, w_d, c_d, c, table, K, NO, sc_m, NPROG, TW:gl.constexpr, BM:gl.constexpr, BN:gl.constexpr,
-                       BK:gl.constexpr, S:gl.constexpr, CS:gl.constexpr=1):
+                       BK:gl.constexpr, S:gl.constexpr, CS:gl.constexpr=1, PDL:gl.constexpr=False):
         "c[rows of e] = a[rows of e] @ w[e] (w[e]ᵀ with TW) over the table's row tiles: a loading warp, two consumer warpgroups."
         a_bufs, b_bufs, c_bufs, ready, empty, done = _ws_smem(a_d, w_d, c_d, w_d.block_type.shape[0],
                                                                     w_d.block_type.shape[1], 2, S)
+        if PDL: _gdc_wait()   # after the shared memory's set-up, before any partition reads the previous kernel's output
         gl.warp_specialize([(_ws_consumer, (c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, 0, TW,
                                             BM, BN, BK, S, CS)),
                             (_ws_consumer, (c_d, c, table, K, NO, sc_m, NPROG, ready, empty, done, a_bufs, b_bufs, c_bufs, 1, TW,
@@ -490,9 +496,10 @@ if _GLUON:
 
     @gluon.jit
     def _fc1_ws_kernel(a_d, w_d, h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ROWW:gl.constexpr, BM:gl.constexpr,
-                       BH:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NB:gl.constexpr):
+                       BH:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, NB:gl.constexpr, PDL:gl.constexpr=False):
         "gu = a[rows of e] @ w1[e] (gate | up), h = silu(g)·u (· rw[row]) over the table's row tiles of BH columns of h."
         a_bufs, b_bufs, o_bufs, ready, empty, done = _ws_smem(a_d, w_d, h_d, BK, 2 * BH, 2 * NB, S)
+        if PDL: _gdc_wait()
         gl.warp_specialize([(_ws_fc1_consumer, (h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ready, empty, done, a_bufs, b_bufs,
                                                 o_bufs, 0, ROWW, BM, BH, BK, S, NB)),
                             (_ws_fc1_consumer, (h_d, g_d, u_d, h, gu, rw, table, K, I, NPROG, ready, empty, done, a_bufs, b_bufs,
@@ -572,12 +579,13 @@ if _GLUON:
 
     @gluon.jit
     def _wgrad_ws_kernel(a_d, b_d, offs, order, dw, sq, E, KO, NO, NPROG, SQ:gl.constexpr, BM:gl.constexpr,
-                         BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, DEAL:gl.constexpr):
+                         BN:gl.constexpr, BK:gl.constexpr, S:gl.constexpr, DEAL:gl.constexpr, PDL:gl.constexpr=False):
         "dw[e] = a[rows of e]ᵀ @ b[rows of e] for every expert (dw (E, KO, NO) contiguous), tiles in `order` of experts:"
         " a loading warp, two consumers."
         a_bufs = gl.allocate_shared_memory(a_d.dtype, [S, BK, BM], a_d.layout)
         b_bufs = gl.allocate_shared_memory(b_d.dtype, [S, BK, BN], b_d.layout)
         ready, empty, done = _ws_barriers(S)
+        if PDL: _gdc_wait()
         gl.warp_specialize([(_wg_consumer, (dw, sq, offs, order, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, 0, SQ,
                                             BM, BN, BK, S, DEAL)),
                             (_wg_consumer, (dw, sq, offs, order, E, KO, NO, NPROG, ready, empty, done, a_bufs, b_bufs, 1, SQ,
@@ -772,7 +780,7 @@ def _pmm_ws(a, offs, w, c, K, NO, tw, table=None):
     # consumers then raise theirs to 232 and the loading warp drops to 40 (`setmaxnreg`)
     _pmm_ws_kernel[(n,)](_gdesc(a, [BM, BK]), _gdesc(w.view(-1, w.shape[-1]), [BN, BK] if tw else [BK, BN]),
                          _gdesc(c, [BM, BN // _WS_CS]), c, table if table is not None else _tile_table(offs, c.shape[0], BM), K, NO, c.stride(0), n,
-                         TW=tw, BM=BM, BN=BN, BK=BK, S=S, CS=_WS_CS, num_warps=4, maxnreg=168)
+                         TW=tw, BM=BM, BN=BN, BK=BK, S=S, CS=_WS_CS, num_warps=4, maxnreg=168, **pdl())
     return c
 
 def _fc1_ws(a, offs, w1, h, gu, rw=None, table=None):
@@ -783,7 +791,7 @@ def _fc1_ws(a, offs, w1, h, gu, rw=None, table=None):
     _fc1_ws_kernel[(n,)](_gdesc(a, [BM, BK]), _gdesc(w1.view(-1, w1.shape[-1]), [BK, BH]), _gdesc(h, [BM, BH]),
                          _gdesc(gu[:, :I], [BM, BH]), _gdesc(gu[:, I:], [BM, BH]), h, gu, rw if rw is not None else h,
                          table if table is not None else _tile_table(offs, N, BM), K, I, n, ROWW=rw is not None,
-                         BM=BM, BH=BH, BK=BK, S=S, NB=NB, num_warps=4, maxnreg=168)
+                         BM=BM, BH=BH, BK=BK, S=S, NB=NB, num_warps=4, maxnreg=168, **pdl())
     return h
 
 def _launch(kern, a, tok, offs, w, bias, c, aux, K, NO, I, swn, swk, act, oai=False, inter=False, alpha=1.0, limit=0.0, rw=None,
@@ -891,7 +899,7 @@ def _wgrad_ws(a, b, offs, dw, sq=None, order=None, deal=None):
     n = _nprog(dw.device)
     _wgrad_ws_kernel[(n,)](_gdesc(a, [BK, BM]), _gdesc(b, [BK, BN]), offs, expert_order(offs) if order is None else order, dw,
                            sq if sq is not None else dw, E, KO, NO, n, SQ=sq is not None, BM=BM, BN=BN, BK=BK, S=S,
-                           DEAL=_WS_WG_DEAL if deal is None else deal, num_warps=4, maxnreg=168)
+                           DEAL=_WS_WG_DEAL if deal is None else deal, num_warps=4, maxnreg=168, **pdl())
     return dw
 
 def _wgrad(a, tok, b, offs, dw, db, sq=None):

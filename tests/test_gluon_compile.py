@@ -1,5 +1,6 @@
 """The Gluon kernels of `03_experts` compile for Hopper (sm_90a) on a machine without a GPU — CI's only check of them
-before the device (Gluon does not run in the interpreter) — and fit the 227 KB of shared memory a block may use."""
+before the device (Gluon does not run in the interpreter) — and fit the 227 KB of shared memory a block may use; built
+with `PDL` (programmatic dependent launch, `core.pdl`) they wait for the previous grid (`griddepcontrol.wait`)."""
 import json, os, subprocess, sys
 import pytest
 
@@ -13,8 +14,9 @@ lay = lambda shape: gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
 d = lambda shape: f'tensordesc<bf16[{shape[0]},{shape[1]}],{lay(shape)!r}>'
 c = lambda names: {n: 'constexpr' for n in names}
 def sm90(kern, sig, cst):
-    ck = triton.compile(GluonASTSource(kern, sig, cst), target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=168))
-    return ck.metadata.shared
+    ck = triton.compile(GluonASTSource(kern, {**sig, 'PDL': 'constexpr'}, {**cst, 'PDL': True}), target=GPUTarget('cuda', 90, 32),
+                        options=dict(num_warps=4, maxnreg=168))
+    return ck.metadata.shared, 'griddepcontrol.wait' in ck.asm['ptx']
 BM, BN, BK, S = X._WS_CFG
 out = {'_pmm_ws_kernel': sm90(X._pmm_ws_kernel, dict(a_d=d([BM, BK]), w_d=d([BN, BK]), c_d=d([BM, BN // X._WS_CS]), c='*bf16',
        table='*i32', K='i32', NO='i32', sc_m='i32', NPROG='i32', **c('TW BM BN BK S CS'.split())),
@@ -38,4 +40,4 @@ def test_gluon_kernels_compile_for_hopper():
     assert r.returncode == 0, r.stderr[-3000:]
     smem = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(smem) == {'_pmm_ws_kernel', '_fc1_ws_kernel', '_wgrad_ws_kernel'}
-    for name, b in smem.items(): assert 150_000 < b <= 227 * 1024, (name, b)
+    for name, (b, waits) in smem.items(): assert 150_000 < b <= 227 * 1024 and waits, (name, b, waits)

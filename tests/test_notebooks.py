@@ -15,4 +15,4 @@ def test_notebook(nb):
     try: r = subprocess.run([str(exe), '--path', str(nb), '--do_print'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired: pytest.fail(f'{nb.name}: timed out after {TIMEOUT}s')
     if r.returncode != 0 or 'nbdev Tests Failed' in r.stdout + r.stderr:
-        pytest.fail(f'{nb.name} failed:\n{r.stdout[-6000:]}\n{r.stderr[-12000:]}', pytrace=False)
+        pytest.fail(f'{nb.name} failed (exit {r.returncode}):\n{r.stdout[-6000:]}\n{r.stderr[-12000:]}', pytrace=False)

@@ -71,3 +71,30 @@ def test_graphed_step_same_with_pdl_off(monkeypatch):
     off = _train()
     assert len(on) == len(off)
     for i, (x, y) in enumerate(zip(on, off)): assert torch.equal(x, y), i
+
+def test_expert_ffn_same_with_pdl_off(monkeypatch):
+    "The expert path (Gluon products and weight gradients on Hopper, our glue kernels) in a CUDA graph, PDL on and off."
+    from pithtrain.experts import expert_ffn
+    from pithtrain.dispatch import make_plan
+    def run():
+        g = torch.Generator(device='cuda').manual_seed(3)
+        T, E, k, H, I = 1000, 16, 4, 256, 192
+        x = torch.randn(T, H, device='cuda', generator=g).bfloat16().requires_grad_()
+        w1 = (torch.randn(E, H, 2 * I, device='cuda', generator=g) / H**0.5).bfloat16().requires_grad_()
+        w2 = (torch.randn(E, I, H, device='cuda', generator=g) / I**0.5).bfloat16().requires_grad_()
+        plan = make_plan(torch.randint(0, E, (T, k), device='cuda', generator=g), E)
+        dy = torch.randn(T * k, H, device='cuda', generator=g).bfloat16()
+        def step():
+            y = expert_ffn(x, plan, w1, w2)
+            return (y, *torch.autograd.grad(y, (x, w1, w2), dy))
+        s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s): step()   # compile outside the capture
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph): outs = step()
+        graph.replay(); torch.cuda.synchronize()
+        return [t.detach().clone() for t in outs]
+    on = run()
+    monkeypatch.setenv('PITHTRAIN_PDL', '0'); core.pdl_on.cache_clear()
+    off = run()
+    for name, a, b in zip(['y', 'x', 'w1', 'w2'], on, off): assert torch.equal(a, b), name
