@@ -32,6 +32,10 @@ for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDU
     old = getattr(cfg, k); setattr(cfg, k, (int(v) if v.isdigit() else v) if old is None else type(old)(int(v) if v.isdigit() else v))
 if os.environ.get('PDL_ADAMW') == '0':   # with PITHTRAIN_PDL=1: the side stream's AdamW kernels launched without PDL
     O.pdl = lambda: dict(PDL=False, launch_pdl=False)
+if os.environ.get('ADAMW_BATCH'):   # AdamW's parameters under this many elements in one launch a stage (`batch_below`)
+    _ainit = O.AdamW.__init__
+    def _binit(self, *a, **k): _ainit(self, *a, **k); self.batch_below = int(os.environ['ADAMW_BATCH'])
+    O.AdamW.__init__ = _binit
 if os.environ.get('QKNR') == '0':   # q/k norm + RoPE by the separate modules (compiled), not `layers.qk_norm_rope`
     import pithtrain.layers as LY; LY.FUSED_QK_NORM_ROPE = False
 if os.environ.get('TUNE') == '0':   # Inductor without its coordinate-descent tuning (`compile_dense(tune=False)`)

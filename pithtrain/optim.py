@@ -104,12 +104,10 @@ def _round_bf16(x, r):
     b = (x.to(tl.uint32, bitcast=True) + (r & 0xFFFF)) & 0xFFFF0000   # sign-magnitude: rounds the magnitude, unbiased
     return b.to(tl.float32, bitcast=True).to(tl.bfloat16)
 
-@triton.jit(do_not_specialize=['seed'])   # a new key every call: one compiled kernel for all of them
-def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size, b1, b2, eps, bc2_sqrt, seed,
-                  HAS_GS:tl.constexpr, COPY:tl.constexpr, SR:tl.constexpr, BLOCK:tl.constexpr, PDL:tl.constexpr=False):
-    if PDL: pdl_enter()
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < n
+@triton.jit
+def _adamw_elems(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, offs, ok, decay, step_size, b1, b2, eps, bc2_sqrt, seed,
+                 HAS_GS:tl.constexpr, COPY:tl.constexpr, SR:tl.constexpr):
+    "The update of one parameter's elements `offs` (mask `ok`), read once and written once."
     g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if HAS_GS: g = tl.div_rn(g, tl.load(gs_ptr).to(tl.float32))
     m = tl.load(m_ptr + offs, mask=ok, other=0.0).to(tl.float32)
@@ -128,6 +126,30 @@ def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size
     tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=ok)
     if COPY: tl.store(c_ptr + offs, p.to(c_ptr.dtype.element_ty), mask=ok)
 
+@triton.jit(do_not_specialize=['seed'])   # a new key every call: one compiled kernel for all of them
+def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, n, decay, step_size, b1, b2, eps, bc2_sqrt, seed,
+                  HAS_GS:tl.constexpr, COPY:tl.constexpr, SR:tl.constexpr, BLOCK:tl.constexpr, PDL:tl.constexpr=False):
+    if PDL: pdl_enter()
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    _adamw_elems(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, offs, offs < n, decay, step_size, b1, b2, eps, bc2_sqrt, seed,
+                 HAS_GS, COPY, SR)
+
+@triton.jit
+def _adamw_many_kernel(tab, sc, starts, nt, p0, g0, m0, v0, c0, gs_ptr, HAS_GS:tl.constexpr, COPY:tl.constexpr,
+                       SR:tl.constexpr, BLOCK:tl.constexpr, NT2:tl.constexpr, PDL:tl.constexpr=False):
+    "Several parameters in one launch: program i updates block i − starts[t] of parameter t (`starts`: cumulative blocks)."
+    " `tab` (nt, 7) int64: addresses of p, g, m, v and the copy, numel, SR key; `sc` (nt, 6) fp32: the kernel's scalars."
+    " p0 … c0: the first parameter's tensors, for the pointer types."
+    if PDL: pdl_enter()
+    pid, j = tl.program_id(0), tl.arange(0, NT2)
+    t = tl.sum((tl.load(starts + 1 + j, mask=j < nt, other=2 ** 31 - 1) <= pid).to(tl.int32), 0)
+    row, s = tab + t * 7, sc + t * 6
+    offs = (pid - tl.load(starts + t)).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    _adamw_elems(tl.load(row).to(p0.dtype), tl.load(row + 1).to(g0.dtype), tl.load(row + 2).to(m0.dtype),
+                 tl.load(row + 3).to(v0.dtype), tl.load(row + 4).to(c0.dtype), gs_ptr, offs, offs < tl.load(row + 5),
+                 tl.load(s), tl.load(s + 1), tl.load(s + 2), tl.load(s + 3), tl.load(s + 4), tl.load(s + 5),
+                 tl.load(row + 6), HAS_GS, COPY, SR)
+
 # %% ../nbs/21_optim.ipynb #fb95df63
 def _local(t): return t.to_local() if isinstance(t, DTensor) else t
 
@@ -145,12 +167,14 @@ class AdamW(torch.optim.AdamW):
                  copy_dtype:torch.dtype|None=torch.bfloat16, # dtype of the compute copies (None: write none)
                  block:int=1024,               # elements per Triton program
                  triton_on_cpu:bool=False,     # run the kernel through the interpreter on CPU tensors (tests)
-                 state_dtype:torch.dtype=torch.float32 # of exp_avg, exp_avg_sq: bfloat16 is stored stochastically rounded
+                 state_dtype:torch.dtype=torch.float32, # of exp_avg, exp_avg_sq: bfloat16 is stored stochastically rounded
+                 batch_below:int=0             # parameters of fewer elements share one launch (a stage's, with `overlap`)
                 ):
         if state_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"AdamW state_dtype {state_dtype}: choose torch.float32 or torch.bfloat16")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.copy_dtype, self.block, self.triton_on_cpu, self.state_dtype = copy_dtype, block, triton_on_cpu, state_dtype
+        self.batch_below = batch_below
         self._index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g['params'])}   # seeds
 
     def _triton(self)->bool:
@@ -173,9 +197,7 @@ class AdamW(torch.optim.AdamW):
             finally: self.grad_scale = gs
             return loss
         if getattr(self, 'stages', None) is not None: self._staged_step(gs); return loss
-        for grp in self.param_groups:
-            for p in grp['params']:
-                if p.grad is not None: self._update(p, *self._hp(grp), gs)
+        self._update_all([(p, self._hp(grp)) for grp in self.param_groups for p in grp['params'] if p.grad is not None], gs)
         return loss
 
     def _hp(self, grp)->tuple: return float(grp['lr']), *grp['betas'], grp['eps'], grp['weight_decay']
@@ -201,13 +223,24 @@ class AdamW(torch.optim.AdamW):
         if gs is not None: gs.record_stream(self.side)        # freed after this call: not reused before the side stream is done
         with torch.cuda.stream(self.side):
             for i, (stage, ev) in enumerate(zip(self.stages, self.events)):
-                for p in (stage + rest if i == len(self.stages) - 1 else stage):
-                    if p.grad is None or id(p) not in grp: continue
-                    p.grad.record_stream(self.side)   # the caller may drop the gradient (zero_grad) before the kernel ran
-                    self._update(p, *self._hp(grp[id(p)]), gs)
+                todo = [(p, self._hp(grp[id(p)])) for p in (stage + rest if i == len(self.stages) - 1 else stage)
+                        if p.grad is not None and id(p) in grp]
+                for p, _ in todo: p.grad.record_stream(self.side)   # the caller may drop the gradient (zero_grad) before the kernel ran
+                self._update_all(todo, gs)
                 ev.record()
 
-    def _update(self, p, lr, b1, b2, eps, wd, gs):
+    def _update_all(self, todo:list, gs):
+        "Update each (parameter, hyper-parameters) of `todo`: a launch each, those under `batch_below` elements in one."
+        few = [(p, hp) for p, hp in todo if 0 < p.numel() < self.batch_below and not isinstance(p, DTensor)]
+        if len(few) < 2: few = []
+        batched = {id(p) for p, _ in few}
+        for p, hp in todo:
+            if id(p) not in batched: self._update(p, *hp, gs)
+        if few: self._update_many(few, gs)
+
+    def _prep(self, p, lr, b1, b2, eps, wd)->tuple:
+        "`p`'s state made ready (created, step counted, moments in `state_dtype`, compute copy allocated); the kernel's"
+        " tensors (w, g, m, v, copy or None) and numbers (numel, decay, step size, β₁, β₂, ε, √(1 − β₂ᵗ), SR key)."
         st = self.state[p]
         sd = self.state_dtype
         if not st: st.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, dtype=sd), exp_avg_sq=torch.zeros_like(p, dtype=sd))
@@ -223,12 +256,36 @@ class AdamW(torch.optim.AdamW):
                 and not isinstance(p, DTensor))                                      # FSDP2 casts in its own all-gather
         if copy and (p.compute_copy is None or p.compute_copy.shape != p.shape or p.compute_copy.dtype != self.copy_dtype):
             p.compute_copy = torch.empty(p.shape, dtype=self.copy_dtype, device=p.device)
-        n, sr = w.numel(), sd == torch.bfloat16
-        seed = _key(int(t), self._index.get(id(p), 0)) if sr else 0   # new per step and parameter
-        if n: _adamw_kernel[(triton.cdiv(n, self.block),)](
-            w, g, m, v, p.compute_copy if copy else w, gs if gs is not None else w, n, 1.0 - lr * wd, lr / (1 - b1 ** t),
-            b1, b2, eps, math.sqrt(1 - b2 ** t), seed, HAS_GS=gs is not None, COPY=copy, SR=sr, BLOCK=self.block, **pdl())
-        if copy: p.compute_copy_version = p._version   # the kernel's raw writes leave the version counter alone
+        seed = _key(int(t), self._index.get(id(p), 0)) if sd == torch.bfloat16 else 0   # new per step and parameter
+        return ((w, g, m, v, p.compute_copy if copy else None),
+                (w.numel(), 1.0 - lr * wd, lr / (1 - b1 ** t), b1, b2, eps, math.sqrt(1 - b2 ** t), seed))
+
+    def _update(self, p, lr, b1, b2, eps, wd, gs):
+        (w, g, m, v, c), (n, *num) = self._prep(p, lr, b1, b2, eps, wd)
+        if n: _adamw_kernel[(triton.cdiv(n, self.block),)](w, g, m, v, w if c is None else c, w if gs is None else gs, n, *num,
+                                                           HAS_GS=gs is not None, COPY=c is not None,
+                                                           SR=self.state_dtype == torch.bfloat16, BLOCK=self.block, **pdl())
+        if c is not None: p.compute_copy_version = p._version   # the kernel's raw writes leave the version counter alone
+
+    def _update_many(self, todo:list, gs):
+        "One `_adamw_many_kernel` launch for each set of dtypes among `todo`: tables of addresses and numbers, copied up."
+        sets = {}
+        for p, hp in todo:
+            ts, num = self._prep(p, *hp)
+            sets.setdefault(tuple(None if t is None else t.dtype for t in ts), []).append((p, ts, num))
+        for items in sets.values():
+            w0, g0, m0, v0, c0 = items[0][1]
+            starts = [0]
+            for _, _, num in items: starts.append(starts[-1] + triton.cdiv(num[0], self.block))
+            tab = [[(ts[0] if t is None else t).data_ptr() for t in ts] + [num[0], num[-1]] for _, ts, num in items]
+            up = lambda x, dt: torch.tensor(x, dtype=dt, pin_memory=w0.is_cuda).to(w0.device, non_blocking=True)
+            _adamw_many_kernel[(starts[-1],)](up(tab, torch.int64), up([num[1:-1] for *_, num in items], torch.float32),
+                                              up(starts, torch.int32), len(items), w0, g0, m0, v0, w0 if c0 is None else c0,
+                                              w0 if gs is None else gs, HAS_GS=gs is not None, COPY=c0 is not None,
+                                              SR=self.state_dtype == torch.bfloat16, BLOCK=self.block,
+                                              NT2=triton.next_power_of_2(len(items)), **pdl())
+            for p, ts, _ in items:
+                if ts[4] is not None: p.compute_copy_version = p._version
 
 # %% ../nbs/21_optim.ipynb #569af2b0
 def build_optimizer(model:nn.Module,       # the model to optimise

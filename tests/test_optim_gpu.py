@@ -79,3 +79,27 @@ def test_adamw_bf16_state_unbiased_and_tracks_fp32():
         assert rel_err(pb - p0, pa - p0) < 1e-2, (pa.shape, rel_err(pb - p0, pa - p0))
         tol = 1e-2 if pb.numel() > 100 else 3e-2   # one element: each step's rounding error is up to an ulp (0.8%)
         for k in ('exp_avg', 'exp_avg_sq'): assert rel_err(ours.state[pb][k].float(), ref.state[pa][k]) < tol, (pa.shape, k)
+
+@pytest.mark.parametrize('state_dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('staged', [False, True])
+def test_adamw_small_parameters_batched_bit_for_bit(state_dtype, staged):
+    "`batch_below`: the small parameters in one launch (a stage's with `overlap`) give the per-parameter launches' bits."
+    shapes = [(1024,), (7,), (64, 1024), (4096, 33), (1,), (3, 5), (2048,)]
+    def run(batch_below):
+        g = torch.Generator(device='cuda').manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(s, device='cuda', generator=g) * 0.02) for s in shapes]
+        for p in ps[::2]: keep_compute_copy(p)
+        opt = AdamW([dict(params=ps[:4], weight_decay=0.1), dict(params=ps[4:], weight_decay=0.0)], lr=3e-4, betas=(0.9, 0.95),
+                    state_dtype=state_dtype, batch_below=batch_below)
+        if staged: opt.overlap([ps[:3], ps[3:5]], torch.device('cuda'))   # ps[5:] in no stage: updated last
+        for i in range(3):
+            for j, p in enumerate(ps): p.grad = None if (i == 1 and j == 1) else torch.randn(p.shape, device='cuda', generator=g)
+            opt.grad_scale = torch.tensor(1.5 + i, device='cuda')
+            opt.step()
+        opt.join(); torch.cuda.synchronize()
+        return ps, opt
+    (a, oa), (b, ob) = run(0), run(1 << 20)
+    for pa, pb in zip(a, b):
+        assert torch.equal(pa, pb)
+        for k in ('exp_avg', 'exp_avg_sq'): assert torch.equal(oa.state[pa][k], ob.state[pb][k])
+        if getattr(pa, 'compute_copy', None) is not None: assert torch.equal(pa.compute_copy, pb.compute_copy)
