@@ -11,7 +11,7 @@ import pithtrain.optim as O
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--presets', nargs='+', default=['small', 'qwen3-30b-a3b-6l'], choices=list(BATCH))
-ap.add_argument('--variants', nargs='+', default=['graph'], choices=['graph', 'overlap', 'overlap-hi', 'overlap-main', 'overlap-early', 'overlap-main-bf16', 'graph-bf16', 'overlap-bf16', 'graph-fused', 'overlap-fused'])   # bf16: AdamW moments; fused: the experts' AdamW in their backward (no clipping; needs benchmarks/fused_adamw.patch)
+ap.add_argument('--variants', nargs='+', default=['graph'], choices=['graph', 'overlap', 'overlap-hi', 'overlap-green', 'overlap-main', 'overlap-early', 'overlap-main-bf16', 'graph-bf16', 'overlap-bf16', 'graph-fused', 'overlap-fused'])   # bf16: AdamW moments; fused: the experts' AdamW in their backward (no clipping; needs benchmarks/fused_adamw.patch)
 ap.add_argument('--steps', type=int, default=15)
 ap.add_argument('--warmup', type=int, default=3)
 ap.add_argument('--tag', default='run')
@@ -25,6 +25,13 @@ if env('FC1_CFG'): X._WS_FC1_CFG = env('FC1_CFG')                               
 _ov = O.AdamW.overlap
 def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
+def _green(self, stages, device):   # 'overlap-green': the side stream in a CUDA green context of GREEN_SMS SMs (default 32):
+    ev = _ov(self, stages, device)  # AdamW confined to a slice of the GPU, the forward never loses more than that slice
+    from torch.cuda.green_contexts import GreenContext
+    self._green = ctx = GreenContext.create(num_sms=int(os.environ.get('GREEN_SMS', '32')), device_id=device.index or 0)
+    if hasattr(ctx, 'Stream'): self.side = ctx.Stream()
+    else: ctx.set_context(); self.side = torch.cuda.Stream(device); ctx.pop_context()   # torch 2.10's API
+    return ev
 import pithtrain.trainer as T
 for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDUCTOR=split_reductions=0 or triton.x=64: Inductor's config
     import torch._inductor.config as IC; k, v = kv.split('='); *path, k = k.split('.'); cfg = IC
@@ -65,7 +72,7 @@ rows = []
 for p in a.presets:
     c = Qwen3MoEConfig.preset(p); B, S = BATCH[p]
     for v in a.variants:
-        O.AdamW.overlap = _hi if v == 'overlap-hi' else _ov
+        O.AdamW.overlap = _hi if v == 'overlap-hi' else _green if v == 'overlap-green' else _ov
         T.GraphedStep._overlap = _early if v == 'overlap-early' else _gov
         T.GraphedStep.__call__ = _main_hi if v.startswith('overlap-main') else _call
         kw = dict(state_dtype=torch.bfloat16) if v.endswith('bf16') else dict(fused=True) if v.endswith('fused') else {}   # (older code versions take neither)

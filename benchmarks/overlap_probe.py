@@ -9,7 +9,11 @@ it without touching the trainer: (a) the forward alone (bf16 autocast, no grad),
 until both finish. overlap = (a + b − c) / min(a, b): 0 means no gain, 1 means the shorter one is fully hidden.
 (It ignores the per-layer waits a real implementation needs, so it is an upper bound.)
 
-    python3 benchmarks/overlap_probe.py [--preset qwen3-30b-a3b-6l] [--out DIR]   # GPU only
+`--green-sms 16 32 48` repeats (b) and (c) with the step's stream in a CUDA green context of that many SMs (torch's
+`torch.cuda.green_contexts`): the step confined to a slice of the GPU, the forward free to use the rest — how fast the
+step runs on a slice, and whether the two then overlap better (prepared in session 16, not yet run).
+
+    python3 benchmarks/overlap_probe.py [--preset qwen3-30b-a3b-6l] [--green-sms N ...] [--out DIR]   # GPU only
 """
 import argparse, datetime, json, os, sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
@@ -20,6 +24,7 @@ from pithtrain.bench import BATCH, time_fn
 
 def main(argv=None):
     ap = argparse.ArgumentParser(); ap.add_argument('--preset', default='qwen3-30b-a3b-6l'); ap.add_argument('--out', default=None)
+    ap.add_argument('--green-sms', type=int, nargs='*', default=[])
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     c = Qwen3MoEConfig.preset(a.preset); B, S = BATCH[a.preset]
@@ -30,7 +35,7 @@ def main(argv=None):
     lo, hi = torch.cuda.Stream(priority=0), torch.cuda.Stream(priority=-1)
     def fwd():
         with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16): model(ids, ids)
-    def both():
+    def both(lo=lo):
         main = torch.cuda.current_stream()
         lo.wait_stream(main); hi.wait_stream(main)
         with torch.cuda.stream(lo): opt.step()
@@ -43,7 +48,20 @@ def main(argv=None):
     print(f"forward {tf:.1f} ms, optimizer {to:.1f} ms, together {tc:.1f} ms: overlap {ov:.2f}", flush=True)
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(), preset=a.preset,
                command='python3 benchmarks/overlap_probe.py ' + ' '.join(argv or sys.argv[1:]),
-               forward_ms=tf, optimizer_ms=to, together_ms=tc, overlap=ov)
+               forward_ms=tf, optimizer_ms=to, together_ms=tc, overlap=ov, green=[])
+    for n in a.green_sms:
+        from torch.cuda.green_contexts import GreenContext
+        ctx = GreenContext.create(num_sms=n, device_id=torch.cuda.current_device())
+        if hasattr(ctx, 'Stream'): gs = ctx.Stream()
+        else: ctx.set_context(); gs = torch.cuda.Stream(); ctx.pop_context()   # torch 2.10's API
+        def step_on(s=gs):
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s): opt.step()
+            torch.cuda.current_stream().wait_stream(s)
+        tg, tcg = timed(step_on), timed(lambda: both(gs))
+        ovg = (tf + tg - tcg) / min(tf, tg)
+        print(f"green context of {n} SMs: optimizer {tg:.1f} ms, together {tcg:.1f} ms: overlap {ovg:.2f}", flush=True)
+        res['green'].append(dict(sms=n, optimizer_ms=tg, together_ms=tcg, overlap=ovg))
     for d in filter(None, [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'), a.out]):
         os.makedirs(d, exist_ok=True); json.dump(res, open(os.path.join(d, f"overlap_probe-{res['date']}.json"), 'w'), indent=1)
     return res
