@@ -22,6 +22,7 @@ env = lambda k: tuple(int(x) for x in os.environ[k].split(',')) if os.environ.ge
 if env('PMM_CFG'): X._WS_CFG, X._WS_CS = env('PMM_CFG')[:4], env('PMM_CFG')[4]   # (BM, BN, BK, slots, store chunks)
 if env('WG_CFG'): X._WS_WG_CFG = env('WG_CFG')                                     # (BM, BN, BK, slots)
 if env('FC1_CFG'): X._WS_FC1_CFG = env('FC1_CFG')                                  # (BH, BK, slots, output buffers)
+if env('NPROG'): X._nprog = lambda dev: env('NPROG')[0]   # persistent products on fewer SMs (with overlap-green: the rest)
 _ov = O.AdamW.overlap
 def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
