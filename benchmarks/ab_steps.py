@@ -28,10 +28,8 @@ def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priorit
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
 def _green(self, stages, device):   # 'overlap-green': the side stream in a CUDA green context of GREEN_SMS SMs (default 32):
     ev = _ov(self, stages, device)  # AdamW confined to a slice of the GPU, the forward never loses more than that slice
-    from torch.cuda.green_contexts import GreenContext
-    self._green = ctx = GreenContext.create(num_sms=int(os.environ.get('GREEN_SMS', '32')), device_id=device.index or 0)
-    if hasattr(ctx, 'Stream'): self.side = ctx.Stream()
-    else: ctx.set_context(); self.side = torch.cuda.Stream(device); ctx.pop_context()   # torch 2.10's API
+    from overlap_probe import green_stream   # (pithtrain is imported already: its sys.path entry changes nothing)
+    self.side = green_stream(int(os.environ.get('GREEN_SMS', '32')), device.index or 0)
     return ev
 import pithtrain.trainer as T
 for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDUCTOR=split_reductions=0 or triton.x=64: Inductor's config

@@ -22,6 +22,16 @@ from pithtrain.qwen3_moe import Qwen3MoE, Qwen3MoEConfig
 from pithtrain.optim import AdamW, param_groups
 from pithtrain.bench import BATCH, time_fn
 
+_GREEN = []   # the green contexts made here, kept alive for their streams
+
+def green_stream(n:int, device_id:int)->torch.cuda.Stream:
+    "A stream whose kernels run on n SMs only: a CUDA green context's (`torch.cuda.green_contexts`, beta)."
+    from torch.cuda.green_contexts import GreenContext
+    ctx = GreenContext.create(num_sms=n, device_id=device_id); _GREEN.append(ctx)
+    if hasattr(ctx, 'Stream'): return ctx.Stream()
+    ctx.set_context(); s = torch.cuda.Stream(); ctx.pop_context()   # torch 2.10's API: a stream made while it is current
+    return s
+
 def main(argv=None):
     ap = argparse.ArgumentParser(); ap.add_argument('--preset', default='qwen3-30b-a3b-6l'); ap.add_argument('--out', default=None)
     ap.add_argument('--green-sms', type=int, nargs='*', default=[])
@@ -50,10 +60,7 @@ def main(argv=None):
                command='python3 benchmarks/overlap_probe.py ' + ' '.join(argv or sys.argv[1:]),
                forward_ms=tf, optimizer_ms=to, together_ms=tc, overlap=ov, green=[])
     for n in a.green_sms:
-        from torch.cuda.green_contexts import GreenContext
-        ctx = GreenContext.create(num_sms=n, device_id=torch.cuda.current_device())
-        if hasattr(ctx, 'Stream'): gs = ctx.Stream()
-        else: ctx.set_context(); gs = torch.cuda.Stream(); ctx.pop_context()   # torch 2.10's API
+        gs = green_stream(n, torch.cuda.current_device())
         def step_on(s=gs):
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s): opt.step()
