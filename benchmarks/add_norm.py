@@ -94,7 +94,9 @@ def eager_add_norm(x, r, w, eps=1e-6):
 def reference(x, r, w, dy, dres, eps=1e-6):
     "fp32 autograd of the eager code on the same inputs: (h, y, dh, dw)."
     xs = [t.detach().float().requires_grad_() if t is not None else None for t in (x, r, w)]
-    h, y = eager_add_norm(*xs, eps)
+    h = xs[0] + xs[1] if r is not None else xs[0]
+    h = h + (h.to(x.dtype).float() - h).detach()   # the model's h is rounded to x's dtype (bf16); its gradient passes through
+    y = eager_add_norm(h, None, xs[2], eps)[1]
     out = [(y, dy.float())] + ([(h, dres.float())] if dres is not None else [])
     gx, gw = torch.autograd.grad([o for o, _ in out], [xs[0], xs[2]], [g for _, g in out])
     return h, y, gx, gw
