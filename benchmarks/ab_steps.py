@@ -44,8 +44,6 @@ if os.environ.get('ADAMW_BATCH'):   # AdamW's parameters under this many element
     O.AdamW.__init__ = _binit
 if os.environ.get('QKNR') == '0':   # q/k norm + RoPE by the separate modules (compiled), not `layers.qk_norm_rope`
     import pithtrain.layers as LY; LY.FUSED_QK_NORM_ROPE = False
-if os.environ.get('MOR_SPLIT'):   # rows per partial sum in the norms' backward (`compile_dense(mor_split=)`; 0: Inductor's choice)
-    _cm = T.compile_dense; T.compile_dense = lambda model, **kw: _cm(model, **{**kw, 'mor_split': int(os.environ['MOR_SPLIT']) or None})
 if os.environ.get('TUNE') == '0':   # Inductor without its coordinate-descent tuning (`compile_dense(tune=False)`)
     _cd = T.compile_dense; T.compile_dense = lambda model, tune=True, **kw: _cd(model, tune=False, **kw)
 _call = T.GraphedStep.__call__

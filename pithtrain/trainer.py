@@ -123,14 +123,10 @@ def checkpoint_blocks(model:nn.Module):
 
 def compile_dense(model:nn.Module,
                   tune:bool=True, # inductor backend, no `mode`: coordinate-descent tuning of the generated kernels
-                  mor_split:int|None=64, # rows per partial sum in Inductor's norm backward (mix-order reduction); None: Inductor's choice
                   **kw): # passed to `torch.compile` (e.g. `backend`)
     "`torch.compile` the dense parts of each block (its `attend` half when it has one, every child that holds no router) and the final norm."
-    if kw.get('backend', 'inductor') == 'inductor' and kw.get('mode') is None:   # `mode` and `options` exclude each other
-        import torch._inductor.config as ic
-        opts = {'coordinate_descent_tuning': True} if tune else {}
-        if mor_split and hasattr(ic.triton, 'mix_order_reduction_split_size'): opts['triton.mix_order_reduction_split_size'] = mor_split
-        if opts: kw['options'] = {**opts, **kw.get('options', {})}
+    if tune and kw.get('backend', 'inductor') == 'inductor' and kw.get('mode') is None:   # `mode` and `options` exclude each other
+        kw['options'] = {'coordinate_descent_tuning': True, **kw.get('options', {})}
     norm = getattr(model, 'norm', None)   # eager, its fp32 RMSNorm is about ten small kernels each way; `forward` only: hooks stay eager
     if isinstance(norm, nn.Module): norm.forward = torch.compile(norm.forward, **kw)
     for b in _blocks(model):
