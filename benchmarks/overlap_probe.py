@@ -11,7 +11,9 @@ until both finish. overlap = (a + b − c) / min(a, b): 0 means no gain, 1 means
 
 `--green-sms 16 32 48` repeats (b) and (c) with the step's stream in a CUDA green context of that many SMs (torch's
 `torch.cuda.green_contexts`): the step confined to a slice of the GPU, the forward free to use the rest — how fast the
-step runs on a slice, and whether the two then overlap better (prepared in session 16, not yet run).
+step runs on a slice, and whether the two then overlap better. Measured (session 17, `small`,
+`results/overlap_probe-green-2026-11-30.json`): the step takes 23.2 / 12.4 / 9.1 ms on 16 / 32 / 48 SMs against 6.7
+on all (≈ 70 GB/s an SM), and beside the forward overlaps worse (0.15 / 0.17 / 0.03 against 0.34): not taken.
 
     python3 benchmarks/overlap_probe.py [--preset qwen3-30b-a3b-6l] [--green-sms N ...] [--out DIR]   # GPU only
 """
