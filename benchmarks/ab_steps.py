@@ -23,6 +23,9 @@ if env('PMM_CFG'): X._WS_CFG, X._WS_CS = env('PMM_CFG')[:4], env('PMM_CFG')[4]  
 if env('WG_CFG'): X._WS_WG_CFG = env('WG_CFG')                                     # (BM, BN, BK, slots)
 if env('FC1_CFG'): X._WS_FC1_CFG = env('FC1_CFG')                                  # (BH, BK, slots, output buffers)
 if env('NPROG'): X._nprog = lambda dev: env('NPROG')[0]   # persistent products on fewer SMs (with overlap-green: the rest)
+if env('FWD_NPROG'):   # the forward's persistent products only (fc1, fc2) on fewer SMs: the rest free for the side stream's
+    _np = X._nprog     # AdamW, which cannot share an SM with them (they fill its registers); the backward keeps all SMs
+    X._nprog = lambda dev: env('FWD_NPROG')[0] if torch._C._current_graph_task_id() == -1 else _np(dev)
 _ov = O.AdamW.overlap
 def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
