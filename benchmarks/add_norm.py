@@ -2,7 +2,8 @@
 
 Result (session 17, `results/add_norm-2026-11-30.json`, H200): at `small` the Triton pair takes 138.6 µs with the
 residual and 103.7 without, against Inductor's 80.1 and 55.9 — not taken. (The Qwen3 rows favour Triton, 159.5 against
-384.7 µs, but there `torch.compile` had seen a second shape and built a dynamic-shape kernel, not what the step runs.)
+384.7 µs, but they are not a fair comparison: this script compiles the same function again at a new shape, where
+Dynamo's automatic dynamic shapes likely built a dynamic-shape kernel, unlike the step's; not checked.)
 
 The compiled `attend` region (`moe.MoEBlock.attend`) holds two norms a layer: `norm(x)` and `h = x + o; norm(h)`. The
 kernel table (`results/e2e_kernels-small-compile-graph-overlap-v16-2026-11-29.txt`) shows Inductor's forward kernels
