@@ -26,6 +26,8 @@ if env('NPROG'): X._nprog = lambda dev: env('NPROG')[0]   # persistent products 
 if env('FWD_NPROG'):   # the forward's persistent products only (fc1, fc2) on fewer SMs: the rest free for the side stream's
     _np = X._nprog     # AdamW, which cannot share an SM with them (they fill its registers); the backward keeps all SMs
     X._nprog = lambda dev: env('FWD_NPROG')[0] if torch._C._current_graph_task_id() == -1 else _np(dev)
+    # measured 2026-11-30 (results/ab_steps-fwdnprog-2026-11-30.json, small, overlap): unset 44.62 / 44.46 / 44.59 ms,
+    # 120 → 44.63 / 44.65, 124 → 44.70, 112 → 44.85 / 45.04: no gain, the library keeps all SMs
 _ov = O.AdamW.overlap
 def _hi(self, stages, device):   # 'overlap-hi': the side stream at high priority
     ev = _ov(self, stages, device); self.side = torch.cuda.Stream(device, priority=-1); return ev
