@@ -50,14 +50,15 @@ def fc1(x, tok, offs, w1, gx, table):
     else: X._fc1_ws(_gather_fwd(x, tok, None), offs, w1, h, gu, None, table)
     return h, gu
 
-def dw1(x, tok, offs, dgu, gx, order, xg=None):
+def dw1(x, tok, offs, dgu, gx, order):
     E, H, I2 = offs.numel() - 1, x.shape[1], dgu.shape[1]
     dw = torch.full((E, H, I2), float('nan'), device='cuda'); sq = X._sq_slots(dw)
     if gx: X._wgrad_ws(x, dgu, offs, dw, sq, order, tok=tok)
-    else: X._wgrad_ws(_gather_fwd(x, tok, None) if xg is None else xg, dgu, offs, dw, sq, order)
+    else: X._wgrad_ws(_gather_fwd(x, tok, None), dgu, offs, dw, sq, order)
     return dw, sq
 
 def check(name, x, tok, offs, w1, dgu):
+    "Both paths' outputs compared bit for bit; (result row, the plan's tile table, its expert order)."
     table, order = X._tile_table(offs, tok.numel(), X._WS_CFG[0]), X.expert_order(offs)
     (h0, g0), (h1, g1) = fc1(x, tok, offs, w1, False, table), fc1(x, tok, offs, w1, True, table)
     (d0, s0), (d1, s1) = dw1(x, tok, offs, dgu, False, order), dw1(x, tok, offs, dgu, True, order)
@@ -65,26 +66,27 @@ def check(name, x, tok, offs, w1, dgu):
     r = dict(case=name, fc1_equal=bool(torch.equal(h0, h1) and torch.equal(g0, g1)), dw1_equal=bool(torch.equal(d0, d1)),
              sq_equal=bool(torch.equal(s0, s1)), nan=int(h1.isnan().sum() + d1.isnan().sum()))
     print(r, flush=True)
-    return r
+    return r, table, order
 
 TINY = {'tiny': (300, 256, 64, [0, 1, 200, 130, 33, 64, 65]), 'tiny-empty-last': (50, 128, 64, [5, 0, 1, 0])}   # T, H, I, rows
 
 def case(name):
     T, H, I, rows = TINY[name]
-    check(name, *operands(T, None, len(rows), H, I, rows))
+    return check(name, *operands(T, None, len(rows), H, I, rows))[0]
 
 def main(rounds=5):
     from experts_sweep import SHAPES, interleaved_rows
     res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(),
                command='python3 benchmarks/gather_fused.py ' + ' '.join(sys.argv[1:]), rows=[])
     out = os.environ.get('OUT')
-    for name in TINY: res['rows'].append(check(name, *operands(TINY[name][0], None, len(TINY[name][3]), *TINY[name][1:3], TINY[name][3])))
+    for name in TINY: res['rows'].append(case(name))
     for sname, (T, k, E, H, I) in SHAPES.items():
         x, tok, offs, w1, dgu = operands(T, k, E, H, I)
-        res['rows'].append(check(sname, x, tok, offs, w1, dgu))
-        table, order, N = X._tile_table(offs, tok.numel(), X._WS_CFG[0]), X.expert_order(offs), tok.numel()
+        r, table, order = check(sname, x, tok, offs, w1, dgu)
+        res['rows'].append(r)
+        N = tok.numel()
         h, gu = torch.empty(N, I, device='cuda', dtype=x.dtype), torch.empty(N, 2 * I, device='cuda', dtype=x.dtype)
-        dw, sq = torch.empty(E, H, 2 * I, device='cuda'), torch.zeros(E * 8 * 16 * 4, device='cuda')
+        dw = torch.empty(E, H, 2 * I, device='cuda'); sq = X._sq_slots(dw)
         xg = _gather_fwd(x, tok, None)
         fns = {'gather': lambda: _gather_fwd(x, tok, None),
                'fc1 (copy)': lambda: X._fc1_ws(xg, offs, w1, h, gu, None, table),
