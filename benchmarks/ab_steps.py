@@ -11,7 +11,7 @@ import pithtrain.optim as O
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--presets', nargs='+', default=['small', 'qwen3-30b-a3b-6l'], choices=list(BATCH))
-ap.add_argument('--variants', nargs='+', default=['graph'], choices=['graph', 'overlap', 'overlap-hi', 'overlap-green', 'overlap-main', 'overlap-early', 'overlap-main-bf16', 'graph-bf16', 'overlap-bf16', 'graph-fused', 'overlap-fused'])   # bf16: AdamW moments; fused: the experts' AdamW in their backward (no clipping; needs benchmarks/fused_adamw.patch)
+ap.add_argument('--variants', nargs='+', default=['graph'], choices=['graph', 'overlap', 'overlap-hi', 'overlap-green', 'overlap-hybrid', 'overlap-main', 'overlap-early', 'overlap-main-bf16', 'graph-bf16', 'overlap-bf16', 'graph-fused', 'overlap-fused'])   # bf16: AdamW moments; fused: the experts' AdamW in their backward (no clipping; needs benchmarks/fused_adamw.patch)
 ap.add_argument('--steps', type=int, default=15)
 ap.add_argument('--warmup', type=int, default=3)
 ap.add_argument('--tag', default='run')
@@ -36,6 +36,29 @@ def _green(self, stages, device):   # 'overlap-green': the side stream in a CUDA
     from overlap_probe import green_stream   # (pithtrain is imported already: its sys.path entry changes nothing)
     self.side = green_stream(int(os.environ.get('GREEN_SMS', '32')), device.index or 0)
     return ev
+def _hybrid(self, stages, device):   # 'overlap-hybrid': the first FULL_STAGES stages (default 2: the embedding and block 0, which
+    ev = _ov(self, stages, device)   # the forward waits for at once) on an ordinary side stream over all SMs, the rest in a
+    from overlap_probe import green_stream   # green context of GREEN_SMS SMs beside the forward (with FWD_NPROG = 132 − GREEN_SMS
+    self.green = green_stream(int(os.environ.get('GREEN_SMS', '32')), device.index or 0)   # the forward's products leave them free)
+    return ev
+def _staged_hybrid(self, gs):   # `AdamW._staged_step` with the stages split over the two streams (they update disjoint parameters)
+    nfull = int(os.environ.get('FULL_STAGES', '2'))
+    grp = {id(p): g for g in self.param_groups for p in g['params']}
+    seen = {id(p) for s in self.stages for p in s}
+    rest = [p for g in self.param_groups for p in g['params'] if id(p) not in seen]
+    cur = torch.cuda.current_stream()
+    for s in (self.side, self.green):
+        s.wait_stream(cur)
+        if gs is not None: gs.record_stream(s)
+    for i, (stage, ev) in enumerate(zip(self.stages, self.events)):
+        s = self.side if i < nfull else self.green
+        with torch.cuda.stream(s):
+            todo = [(p, self._hp(grp[id(p)])) for p in (stage + rest if i == len(self.stages) - 1 else stage)
+                    if p.grad is not None and id(p) in grp]
+            for p, _ in todo: p.grad.record_stream(s)
+            self._update_all(todo, gs)
+            ev.record()
+_sstep = O.AdamW._staged_step
 import pithtrain.trainer as T
 for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDUCTOR=split_reductions=0 or triton.x=64: Inductor's config
     import torch._inductor.config as IC; k, v = kv.split('='); *path, k = k.split('.'); cfg = IC
@@ -76,7 +99,8 @@ rows = []
 for p in a.presets:
     c = Qwen3MoEConfig.preset(p); B, S = BATCH[p]
     for v in a.variants:
-        O.AdamW.overlap = _hi if v == 'overlap-hi' else _green if v == 'overlap-green' else _ov
+        O.AdamW.overlap = _hi if v == 'overlap-hi' else _green if v == 'overlap-green' else _hybrid if v == 'overlap-hybrid' else _ov
+        O.AdamW._staged_step = _staged_hybrid if v == 'overlap-hybrid' else _sstep
         T.GraphedStep._overlap = _early if v == 'overlap-early' else _gov
         T.GraphedStep.__call__ = _main_hi if v.startswith('overlap-main') else _call
         kw = dict(state_dtype=torch.bfloat16) if v.endswith('bf16') else dict(fused=True) if v.endswith('fused') else {}   # (older code versions take neither)
