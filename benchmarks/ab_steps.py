@@ -58,7 +58,9 @@ def _staged_hybrid(self, gs):   # `AdamW._staged_step` with the stages split ove
             for p, _ in todo: p.grad.record_stream(s)
             self._update_all(todo, gs)
             ev.record()
-_sstep = O.AdamW._staged_step
+_sstep = O.AdamW._staged_step   # measured 2026-11-30 (results/ab_steps-hybrid-2026-11-30.json, small): overlap 44.81-45.10 ms;
+# hybrid 24 → 48.68, 32 → 45.92 / 45.65, 40 → 44.53 / 45.14 / 44.59, 48 → 45.09 / 45.00 (44.90 batched), 56 → 45.79 / 45.88,
+# 64 → 46.35: level at best; AdamW confined to n SMs becomes the forward's critical path below 40, the products lose above
 import pithtrain.trainer as T
 for kv in filter(None, os.environ.get('INDUCTOR', '').split(',')):   # e.g. INDUCTOR=split_reductions=0 or triton.x=64: Inductor's config
     import torch._inductor.config as IC; k, v = kv.split('='); *path, k = k.split('.'); cfg = IC
