@@ -107,9 +107,12 @@ def _round_bf16(x, r):
 @triton.jit
 def _adamw_elems(p_ptr, g_ptr, m_ptr, v_ptr, c_ptr, gs_ptr, offs, ok, decay, step_size, b1, b2, eps, bc2_sqrt, seed,
                  HAS_GS:tl.constexpr, COPY:tl.constexpr, SR:tl.constexpr):
-    "The update of one parameter's elements `offs` (mask `ok`), read once and written once."
+    "The update of one parameter's elements `offs` (mask `ok`), read once and written once; a NaN factor writes nothing."
+    if HAS_GS:
+        gs = tl.load(gs_ptr).to(tl.float32)
+        ok = tl.where(gs == gs, ok, False)   # NaN: a step with a non-finite loss or norm, skipped without a host sync
     g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    if HAS_GS: g = tl.div_rn(g, tl.load(gs_ptr).to(tl.float32))
+    if HAS_GS: g = tl.div_rn(g, gs)
     m = tl.load(m_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     p = tl.load(p_ptr + offs, mask=ok, other=0.0).to(tl.float32)
@@ -196,11 +199,24 @@ class AdamW(torch.optim.AdamW):
             try: super().step()
             finally: self.grad_scale = gs
             return loss
+        self._counted = []   # (parameter, compute copy made new) of this step, for `undo_step`
         if getattr(self, 'stages', None) is not None: self._staged_step(gs); return loss
         self._update_all([(p, self._hp(grp)) for grp in self.param_groups for p in grp['params'] if p.grad is not None], gs)
         return loss
 
     def _hp(self, grp)->tuple: return float(grp['lr']), *grp['betas'], grp['eps'], grp['weight_decay']
+
+    @property
+    def skips_on_device(self)->bool:
+        "True when a NaN `grad_scale` makes the step write nothing (the Triton step), so it may launch before the finite check."
+        return self._triton()
+
+    def undo_step(self):
+        "The host's half of undoing a step the kernels skipped (NaN `grad_scale`): step counts back, new compute copies dropped."
+        for p, new in getattr(self, '_counted', []):
+            self.state[p]['step'] -= 1
+            if new: p.compute_copy = None   # allocated for this step and never written: the next forward casts
+        self._counted = []
 
     def overlap(self, stages:list, # lists of parameters, in the order the forward uses them
                 device:torch.device)->list:
@@ -254,8 +270,9 @@ class AdamW(torch.optim.AdamW):
         g = g.contiguous()
         copy = (self.copy_dtype not in (None, p.dtype) and hasattr(p, 'compute_copy')   # marked by `core.keep_compute_copy`
                 and not isinstance(p, DTensor))                                      # FSDP2 casts in its own all-gather
-        if copy and (p.compute_copy is None or p.compute_copy.shape != p.shape or p.compute_copy.dtype != self.copy_dtype):
-            p.compute_copy = torch.empty(p.shape, dtype=self.copy_dtype, device=p.device)
+        new = copy and (p.compute_copy is None or p.compute_copy.shape != p.shape or p.compute_copy.dtype != self.copy_dtype)
+        if new: p.compute_copy = torch.empty(p.shape, dtype=self.copy_dtype, device=p.device)
+        if hasattr(self, '_counted'): self._counted.append((p, new))
         seed = _key(int(t), self._index.get(id(p), 0)) if sd == torch.bfloat16 else 0   # new per step and parameter
         return ((w, g, m, v, p.compute_copy if copy else None),
                 (w.numel(), 1.0 - lr * wd, lr / (1 - b1 ** t), b1, b2, eps, math.sqrt(1 - b2 ** t), seed))

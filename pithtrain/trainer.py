@@ -354,6 +354,12 @@ def _stats(loss, aux, gn, counts, n):
         load = dict(expert_load_max_mean=(frac.max(1).values * frac.shape[1]).tolist(), expert_load=frac.tolist())
     return vals, load
 
+def _read_later(x:torch.Tensor, buf:torch.Tensor|None):
+    "A function that returns `bool(x)`: on CUDA through `buf` (pinned) and an event, so it waits for `x` only, not for work queued after it."
+    if buf is None or not x.is_cuda: return lambda: bool(x)
+    buf.copy_(x, non_blocking=True); ev = torch.cuda.Event(); ev.record()
+    return lambda: (ev.synchronize(), bool(buf))[1]
+
 def _peak_mem_gb(device)->float:
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # Linux: KiB
@@ -398,6 +404,8 @@ def train(cfg:TrainConfig,              # the run's config
         from pithtrain.data import Loader
         val_loader = Loader([d.path for d in loader.ds], cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=info.rank, world_size=info.world, split='val')
     params = [p for p in model.parameters() if p.requires_grad]
+    guard = getattr(opt, 'skips_on_device', False)   # the update can go out before the host knows the step is finite
+    flag = torch.empty((), dtype=torch.bool, pin_memory=True) if guard and device.type == 'cuda' else None
     fpt = model.flops_per_token(cfg.seq_len) if hasattr(model, 'flops_per_token') else 0
     tok_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world
     bar_on = progress or (progress is None and sys.stderr.isatty())
@@ -431,7 +439,14 @@ def train(cfg:TrainConfig,              # the run's config
                 loss, aux, counts = fb(batches)
                 gn = clip_grad_norm_(params, float('inf'), info)  # the global norm over all shards; clipping happens in the step
                 step += 1
-                if not bool(torch.isfinite(gn if info.distributed else loss + gn)):  # the one host sync per step (gn is global: all ranks agree)
+                finite = torch.isfinite(gn if info.distributed else loss + gn)   # gn is global: all ranks agree
+                if guard:   # launch the update, written only if finite; the host reads the flag while it runs
+                    read = _read_later(finite, flag)
+                    clipped_step(opt, params, gn, cfg.grad_clip, skip=~finite)
+                    ok = read()
+                    if not ok: opt.undo_step()   # the kernels wrote nothing; the host's step counts go back
+                else: ok = bool(finite)   # the one host sync per step, before the update
+                if not ok:
                     opt.zero_grad(set_to_none=True)
                     msg = f"non-finite value at step {step}: loss={loss.item()}, grad_norm={gn.item()}"
                     if cfg.nan_policy == 'stop':
@@ -441,7 +456,8 @@ def train(cfg:TrainConfig,              # the run's config
                     summary['skipped'] += 1; sched.step(); say(f"{msg}: update skipped")
                     metrics.log(dict(step=step, skipped=True, lr=opt.param_groups[0]['lr'])); bar.update(1)
                     continue
-                clipped_step(opt, params, gn, cfg.grad_clip); sched.step(); opt.zero_grad(set_to_none=True)
+                if not guard: clipped_step(opt, params, gn, cfg.grad_clip)
+                sched.step(); opt.zero_grad(set_to_none=True)
                 for r in model.routers(): r.update_bias(); r.reset_global_counts()  # a new global batch starts
                 w_loss, w_aux, w_gn, w_n = w_loss + loss, w_aux + aux, w_gn + gn.float(), w_n + 1
                 if counts is not None: w_counts = counts if w_counts is None else w_counts + counts
