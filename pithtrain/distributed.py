@@ -247,17 +247,14 @@ def clipped_step(opt:torch.optim.Optimizer, # the optimizer to step
                  skip:torch.Tensor|None=None # 0-d bool on the device: when true the step writes nothing (`opt.skips_on_device`)
                 ):
     "`opt.step()` on gradients clipped to `max_norm`: in the fused AdamW kernel when possible, else a foreach multiply first."
-    if skip is not None:   # launched before anyone knows whether the step is finite: the kernel decides
-        if not getattr(opt, 'skips_on_device', False):
-            raise ValueError(f"clipped_step(skip=...) needs an optimizer that skips on the device (pithtrain's AdamW with its Triton step), got {type(opt).__name__}")
-        f = clip_coef(norm, max_norm).reciprocal() if 0 < max_norm < float('inf') else torch.ones((), device=norm.device)
-        opt.grad_scale = torch.where(skip, torch.nan, f.float())   # a NaN factor: the kernel stores nothing
-        try: return opt.step()
-        finally: del opt.grad_scale
-    if not 0 < max_norm < float('inf'): return opt.step()
-    coef, grads = clip_coef(norm, max_norm), [p.grad for p in params if p.grad is not None]
-    if getattr(opt, 'takes_grad_scale', False) or (fused_adam(opt) and not any(isinstance(g, DTensor) for g in grads)):
-        opt.grad_scale = coef.reciprocal()   # the kernel divides by it; read by torch's fused Adam step (getattr(self, 'grad_scale', None))
+    clip = 0 < max_norm < float('inf')
+    if skip is not None and not getattr(opt, 'skips_on_device', False):   # launched before the finite check: the kernel decides
+        raise ValueError(f"clipped_step(skip=...) needs an optimizer that skips on the device (pithtrain's AdamW with its Triton step), got {type(opt).__name__}")
+    if not clip and skip is None: return opt.step()
+    coef, grads = clip_coef(norm, max_norm) if clip else torch.ones((), device=norm.device), [p.grad for p in params if p.grad is not None]
+    if skip is not None or getattr(opt, 'takes_grad_scale', False) or (fused_adam(opt) and not any(isinstance(g, DTensor) for g in grads)):
+        gs = coef.reciprocal()   # the kernel divides by it; read by torch's fused Adam step (getattr(self, 'grad_scale', None))
+        opt.grad_scale = gs if skip is None else torch.where(skip, torch.nan, gs.float())   # a NaN factor: the kernel stores nothing
         try: return opt.step()
         finally: del opt.grad_scale
     scale_grads_(grads, coef)

@@ -178,6 +178,7 @@ class AdamW(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.copy_dtype, self.block, self.triton_on_cpu, self.state_dtype = copy_dtype, block, triton_on_cpu, state_dtype
         self.batch_below = batch_below
+        self._counted = []   # (parameter, compute copy made new) of the last Triton step, for `undo_step`
         self._index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g['params'])}   # seeds
 
     def _triton(self)->bool:
@@ -199,7 +200,7 @@ class AdamW(torch.optim.AdamW):
             try: super().step()
             finally: self.grad_scale = gs
             return loss
-        self._counted = []   # (parameter, compute copy made new) of this step, for `undo_step`
+        self._counted = []
         if getattr(self, 'stages', None) is not None: self._staged_step(gs); return loss
         self._update_all([(p, self._hp(grp)) for grp in self.param_groups for p in grp['params'] if p.grad is not None], gs)
         return loss
@@ -213,7 +214,7 @@ class AdamW(torch.optim.AdamW):
 
     def undo_step(self):
         "The host's half of undoing a step the kernels skipped (NaN `grad_scale`): step counts back, new compute copies dropped."
-        for p, new in getattr(self, '_counted', []):
+        for p, new in self._counted:
             self.state[p]['step'] -= 1
             if new: p.compute_copy = None   # allocated for this step and never written: the next forward casts
         self._counted = []
@@ -272,7 +273,7 @@ class AdamW(torch.optim.AdamW):
                 and not isinstance(p, DTensor))                                      # FSDP2 casts in its own all-gather
         new = copy and (p.compute_copy is None or p.compute_copy.shape != p.shape or p.compute_copy.dtype != self.copy_dtype)
         if new: p.compute_copy = torch.empty(p.shape, dtype=self.copy_dtype, device=p.device)
-        if hasattr(self, '_counted'): self._counted.append((p, new))
+        self._counted.append((p, new))
         seed = _key(int(t), self._index.get(id(p), 0)) if sd == torch.bfloat16 else 0   # new per step and parameter
         return ((w, g, m, v, p.compute_copy if copy else None),
                 (w.numel(), 1.0 - lr * wd, lr / (1 - b1 ** t), b1, b2, eps, math.sqrt(1 - b2 ** t), seed))
