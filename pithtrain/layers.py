@@ -591,19 +591,54 @@ def cross_entropy(hidden:torch.Tensor, # (T, H) final hidden states (or (B, S, H
 
 # %% ../nbs/04_layers.ipynb #8a1eec7d
 @triton.jit
-def _embed_bwd_kernel(dy, order, starts, dw, sq, H, BR:tl.constexpr, BH:tl.constexpr, PDL:tl.constexpr=False):
+def _seg_add(a, fa, b, fb): return tl.where(fb, b, a + b), fa | fb   # a sum that restarts where fb marks a new run
+
+@triton.jit
+def _embed_part_kernel(dy, order, sid, starts, part, T, H, C:tl.constexpr, BH:tl.constexpr, PDL:tl.constexpr=False):
+    "Chunk j of the sorted positions (C of them): part[j, 0] = Σ dy over its first run of equal ids, part[j, 1] over its"
+    " last run, fp32, for ids with more than C tokens (the others are not read: their rows are summed directly)."
+    if PDL: pdl_enter()
+    j = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BH + tl.arange(0, BH)
+    okc = cols < H
+    p = j * C + tl.arange(0, C)
+    okp = p < T
+    s = tl.load(sid + p, mask=okp, other=0).to(tl.int64)
+    heavy = okp & (tl.load(starts + s + 1, mask=okp, other=0) - tl.load(starts + s, mask=okp, other=0) > C)
+    if tl.max(heavy.to(tl.int32), 0) > 0:   # else nothing here is read: a uniform batch costs a few loads a chunk
+        prev = tl.load(sid + p - 1, mask=okp & (p > j * C), other=-1).to(tl.int64)
+        first = (p == j * C) | (okp & (s != prev))   # a run starts here (padding rows past T extend the last run by zeros)
+        tok = tl.load(order + p, mask=okp, other=0).to(tl.int64)   # (masked by `heavy` instead, Triton 3.6 fails to build it for sm_90)
+        x = tl.load(dy + tok[:, None] * H + cols[None, :], mask=heavy[:, None] & okc[None, :], other=0.0).to(tl.float32)
+        run, _ = tl.associative_scan((x, tl.broadcast_to(first[:, None], (C, BH))), 0, _seg_add)
+        nxt = tl.load(sid + p + 1, mask=p + 1 < T, other=-1).to(tl.int64)
+        end0 = tl.min(tl.where(okp & ((p + 1 == T) | (s != nxt)), p, j * C + C - 1), 0)   # where the first run ends
+        out = part + j * 2 * H + cols
+        tl.store(out, tl.sum(tl.where((p == end0)[:, None], run, 0.0), 0), mask=okc)
+        tl.store(out + H, tl.sum(tl.where((p == j * C + C - 1)[:, None], run, 0.0), 0), mask=okc)
+
+@triton.jit
+def _embed_bwd_kernel(dy, order, starts, part, dw, sq, H, C, BR:tl.constexpr, BH:tl.constexpr, PDL:tl.constexpr=False):
     "dw[v, column block] = Σ dy[t] over the tokens t with id v (positions order[starts[v]:starts[v+1]]), fp32; 0 if none."
+    " Up to C tokens: summed here, BR at a time; more: from `_embed_part_kernel`'s chunk sums, BR chunks at a time."
     if PDL: pdl_enter()
     v = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
     okc = cols < H
     lo, hi = tl.load(starts + v), tl.load(starts + v + 1)
     acc = tl.zeros((BH,), tl.float32)
-    for r0 in range(lo, hi, BR):
-        r = r0 + tl.arange(0, BR)
-        tok = tl.load(order + r, mask=r < hi, other=0).to(tl.int64)
-        x = tl.load(dy + tok[:, None] * H + cols[None, :], mask=(r < hi)[:, None] & okc[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32), 0)
+    if hi - lo <= C:
+        for r0 in range(lo, hi, BR):
+            r = r0 + tl.arange(0, BR)
+            tok = tl.load(order + r, mask=r < hi, other=0).to(tl.int64)
+            x = tl.load(dy + tok[:, None] * H + cols[None, :], mask=(r < hi)[:, None] & okc[None, :], other=0.0)
+            acc += tl.sum(x.to(tl.float32), 0)
+    else:   # the run ends chunk k0 (its last run), fills the chunks between, and starts chunk k1 (its first run)
+        k0, k1 = lo // C, (hi - 1) // C
+        acc += tl.load(part + (k0 * 2 + 1) * H + cols, mask=okc, other=0.0)
+        for c0 in range(k0 + 1, k1 + 1, BR):
+            k = c0 + tl.arange(0, BR)
+            acc += tl.sum(tl.load(part + (k * 2)[:, None] * H + cols[None, :], mask=(k <= k1)[:, None] & okc[None, :], other=0.0), 0)
     tl.store(dw + v * H + cols, acc, mask=okc)
     tl.store(sq + v * tl.num_programs(1) + tl.program_id(1), tl.sum(acc * acc, 0))   # this block's Σ dw²
 
@@ -612,18 +647,26 @@ def embedding_backward(ids:torch.Tensor, # token ids, any shape, int
                        V:int,            # vocabulary rows
                        dtype:torch.dtype=torch.float32, # of the result (the weight's)
                        block:int|None=None, # columns per program (power of 2); None: min(H, 1024)
-                       sq:bool=False     # also return ‖dw‖² (fp32, 0-d), summed from the programs' blocks
+                       sq:bool=False,    # also return ‖dW‖² (fp32, 0-d), summed from the programs' blocks
+                       chunk:int=64      # ids with more tokens than this are summed by chunks of sorted positions first
                       ):
-    "Dense (V, H) gradient of `F.embedding(ids, w)`: row v = Σ of dy over the tokens with id v, summed in fp32 in token order."
+    "Dense (V, H) gradient of `F.embedding(ids, w)`: row v = Σ of dy over the tokens with id v, in fp32, in a fixed order."
+    if chunk < 2 or chunk & (chunk - 1): raise ValueError(f"chunk = {chunk}: must be a power of two >= 2")
     ids = ids.reshape(-1)
     dy = dy.reshape(ids.numel(), dy.shape[-1]).contiguous()
-    H = dy.shape[1]
+    T, H = dy.shape
     sid, order = torch.sort(ids, stable=True)
     starts = torch.searchsorted(sid, torch.arange(V + 1, device=ids.device, dtype=sid.dtype))
     dw = torch.empty(V, H, dtype=torch.float32, device=dy.device)
     BH = block or min(triton.next_power_of_2(H), 1024)
     slots = torch.zeros(V * triton.cdiv(H, BH) if V and H else 1, dtype=torch.float32, device=dy.device)
-    if V and H: _embed_bwd_kernel[(V, triton.cdiv(H, BH))](dy, order, starts, dw, slots, H, BR=16, BH=BH, num_warps=4, **pdl())
+    part = torch.empty(max(triton.cdiv(T, chunk), 1), 2, H, dtype=torch.float32, device=dy.device)   # two sums a chunk
+    if T and H:
+        BP = min(triton.next_power_of_2(H), 128)
+        _embed_part_kernel[(triton.cdiv(T, chunk), triton.cdiv(H, BP))](dy, order, sid, starts, part, T, H, C=chunk, BH=BP,
+                                                                        num_warps=4, **pdl())
+    if V and H: _embed_bwd_kernel[(V, triton.cdiv(H, BH))](dy, order, starts, part, dw, slots, H, chunk, BR=16, BH=BH,
+                                                           num_warps=4, **pdl())
     return (dw.to(dtype), slots.sum()) if sq else dw.to(dtype)
 
 class _Embed(torch.autograd.Function):

@@ -168,7 +168,7 @@ def test_fused_ce_inside_torch_compile():
 
 @pytest.mark.parametrize('V,H', [(32000, 1024), (151936, 2048), (1000, 40)])
 def test_embedding_one_pass_gradient(V, H):
-    "`Embedding` on CUDA: bf16 output under autocast, fp32 gradient equal to nn.Embedding's (skewed ids, unused rows), in a CUDA graph too."
+    "`Embedding` on CUDA: bf16 output under autocast, fp32 gradient equal to nn.Embedding's (skewed ids, unused rows), in a CUDA graph too (replayed on uniform and Zipfian ids)."
     from pithtrain.layers import Embedding, embedding_backward
     torch.manual_seed(0)
     ids = torch.randint(0, V, (8, 2048), device='cuda'); ids[:, ::4] = 7   # one id on a quarter of the tokens
@@ -187,9 +187,11 @@ def test_embedding_one_pass_gradient(V, H):
     with torch.cuda.stream(s): embedding_backward(x, g, V)
     torch.cuda.current_stream().wait_stream(s)
     with torch.cuda.graph(gg): dw = embedding_backward(x, g, V)
-    x.copy_(torch.randint(0, V, x.shape, device='cuda')); gg.replay()
-    want = torch.zeros(V, H, device='cuda').index_add_(0, x.reshape(-1), g.reshape(-1, H).float())
-    assert rel_err(dw, want) < 1e-6
+    for new in (torch.randint(0, V, x.shape, device='cuda'),   # uniform, then Zipfian over 300 ids: frequent ids take the chunk sums
+                torch.multinomial(1 / torch.arange(1, 301, device='cuda').float(), x.numel(), replacement=True).view(x.shape)):
+        x.copy_(new); gg.replay()
+        want = torch.zeros(V, H, device='cuda').index_add_(0, x.reshape(-1), g.reshape(-1, H).float())
+        assert rel_err(dw, want) < 1e-6
 
 def test_embedding_and_head_note_grad_sq_norm():
     "A Qwen3 model's embedding and LM head gradients come with ‖dW‖² noted; clip_grad_norm_ uses the notes and matches torch."
