@@ -9,7 +9,7 @@ matrix (the gradient of `nn.Embedding` without the cast) as the anchor in the sa
 
     PYTHONPATH=$PWD python3 benchmarks/embed_bwd.py --tag new   # GPU: $OUT/embed_bwd-<tag>.json
 """
-import os, sys, json, argparse, datetime, statistics
+import os, json, argparse, datetime, statistics
 import torch
 from pithtrain.layers import embedding_backward
 

@@ -10,7 +10,6 @@ Found with it (2026-11-30): on the built-in corpus (byte tokens) the embedding's
 step, one program walking all ≈ 4000 tokens of the space; see `04_layers`, "Token embedding".
 """
 import os, sys, time, json, shutil, statistics, collections
-import torch
 from torch.profiler import profile, ProfilerActivity, schedule
 import pithtrain.trainer as T, pithtrain.data as D
 from pithtrain.trainer import TrainConfig
