@@ -9,23 +9,10 @@ matrix (the gradient of `nn.Embedding` without the cast) as the anchor in the sa
 
     PYTHONPATH=$PWD python3 benchmarks/embed_bwd.py --tag new   # GPU: $OUT/embed_bwd-<tag>.json
 """
-import os, json, argparse, datetime, statistics
+import os, json, argparse, datetime
 import torch
 from pithtrain.layers import embedding_backward
-
-def graph_us(fn, n=10, reps=5):
-    "µs a call: n calls captured in one CUDA graph, replays timed by events (median of reps)."
-    fn(); torch.cuda.synchronize()
-    g, s = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s), torch.cuda.graph(g):
-        for _ in range(n): fn()
-    torch.cuda.current_stream().wait_stream(s); g.replay(); torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b) * 1e3 / n)
-    return statistics.median(ts)
+from qk_norm_rope import graph_us   # after pithtrain: it puts this checkout first on sys.path (an A/B imports the old tree)
 
 def zipf(n, k, a, gen): return torch.multinomial(torch.arange(1, k + 1, device='cuda').float() ** -a, n, replacement=True, generator=gen)
 
@@ -42,8 +29,8 @@ if __name__ == '__main__':
             top = torch.bincount(ids, minlength=V).max().item()
             want = torch.zeros(V, H, device='cuda').index_add_(0, ids, dy.float())
             err = ((embedding_backward(ids, dy, V) - want).norm() / want.norm()).item()
-            us = graph_us(lambda: embedding_backward(ids, dy, V))
-            anchor = graph_us(lambda: torch.zeros(V, H, device='cuda').index_add_(0, ids, dy.float()))
+            us = graph_us(lambda: embedding_backward(ids, dy, V), n=10)
+            anchor = graph_us(lambda: torch.zeros(V, H, device='cuda').index_add_(0, ids, dy.float()), n=10)
             row = dict(shape=shape, ids=name, most_tokens_one_id=top, us=round(us, 1), index_add_us=round(anchor, 1), rel_err=err)
             res['rows'].append(row); print(row, flush=True)
     out = os.environ.get('OUT')
