@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['BATCH', 'PEAK_FLOPS', 'COMPONENTS', 'LEVERS', 'ROW_KEYS', 'VARIANTS', 'GOALS', 'flops_per_token', 'hf_config',
-           'time_steps', 'time_fn', 'state_bytes', 'random_batches', 'pithtrain_step', 'hf_step', 'measure',
-           'profile_components', 'full_logits_ce', 'fp32_ce', 'clip_then_step', 'torch_adamw', 'torch_router',
-           'bf16_weights', 'fp32_residual', 'lever', 'patched', 'make_row', 'parse_args', 'bench_main',
+           'time_steps', 'time_fn', 'smi_window', 'GpuSampler', 'state_bytes', 'random_batches', 'pithtrain_step',
+           'hf_step', 'measure', 'profile_components', 'full_logits_ce', 'fp32_ce', 'clip_then_step', 'torch_adamw',
+           'torch_router', 'bf16_weights', 'fp32_residual', 'lever', 'patched', 'make_row', 'parse_args', 'bench_main',
            'latest_results', 'plot_results', 'profile_table', 'runs_table', 'plot_profile']
 
 # %% ../nbs/31_bench.ipynb #6ae71076
-import argparse, datetime, gc, itertools, json, os, statistics, sys, time
+import argparse, atexit, datetime, gc, itertools, json, os, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
 from .core import get_device
@@ -54,6 +54,7 @@ def time_steps(step, # a callable: one training step
     for _ in range(warmup): step()
     if cuda: torch.cuda.synchronize(device)
     if cuda and reset_peak: torch.cuda.reset_peak_memory_stats(device)
+    t_start = time.time()   # wall time, for the GPU's clock and power over the timed steps (`GpuSampler`)
     marks, join = [_mark(cuda)], getattr(step, 'join', None)   # join: work the step leaves on a side stream (AdamW beside the forward)
     for i in range(steps):
         step()
@@ -62,11 +63,49 @@ def time_steps(step, # a callable: one training step
     if cuda: marks[-1].synchronize()
     ms = [_elapsed_ms(a, b, cuda) for a, b in zip(marks, marks[1:])]
     return dict(step_ms=ms, median_ms=statistics.median(ms), mean_ms=statistics.fmean(ms),
-                peak_bytes=torch.cuda.max_memory_allocated(device) if cuda else None)
+                peak_bytes=torch.cuda.max_memory_allocated(device) if cuda else None, t_start=t_start, t_end=time.time())
 
 def time_fn(fn, device:torch.device, reps:int=10, warmup:int=3)->float:
     "Median ms of `fn()` (for the component profile)."
     return time_steps(fn, reps, warmup, device)['median_ms']
+
+# %% ../nbs/31_bench.ipynb #c0ffee22a5b3
+def smi_window(lines:list, # `nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw --format=csv,noheader,nounits` lines
+               t0:float, t1:float # wall-clock window (time.time())
+              )->dict|None:
+    "Mean SM clock (MHz) and power (W) of the samples between t0 and t1, and their count (None when there are none)."
+    xs = []
+    for line in lines:
+        try:
+            ts, mhz, w = [f.strip() for f in line.split(',')]
+            t = datetime.datetime.strptime(ts, '%Y/%m/%d %H:%M:%S.%f').timestamp()   # nvidia-smi writes local time
+            if t0 <= t <= t1: xs.append((float(mhz), float(w)))
+        except ValueError: continue   # a header, a partial last line or '[N/A]'
+    if not xs: return None
+    return dict(sm_mhz=round(statistics.fmean(x[0] for x in xs)), power_w=round(statistics.fmean(x[1] for x in xs), 1),
+                sm_mhz_min=min(x[0] for x in xs), samples=len(xs))
+
+class GpuSampler:
+    "`nvidia-smi` sampling the GPU's SM clock and power every `ms` ms in the background; `window(t0, t1)` averages them."
+    def __init__(self, device:torch.device, ms:int=100):
+        self.proc = self.path = None
+        exe = shutil.which('nvidia-smi')
+        if device.type != 'cuda' or exe is None: return
+        uuid = getattr(torch.cuda.get_device_properties(device), 'uuid', None)   # this process's GPU, whatever CUDA_VISIBLE_DEVICES says
+        sel = ['-i', f'GPU-{uuid}'] if uuid is not None else []
+        fd, self.path = tempfile.mkstemp(suffix='.csv')
+        self.proc = subprocess.Popen([exe, *sel, '--query-gpu=timestamp,clocks.sm,power.draw', '--format=csv,noheader,nounits',
+                                      '-lms', str(ms)], stdout=fd, stderr=subprocess.DEVNULL)
+        os.close(fd)
+        atexit.register(self.close)   # never leave the sampler running, whatever stops the benchmark
+    def window(self, t0:float, t1:float)->dict|None:
+        "The clock and power while [t0, t1] (wall time) ran; None when nothing was sampled."
+        return None if self.path is None else smi_window(Path(self.path).read_text().splitlines(), t0, t1)
+    def close(self):
+        if self.proc is not None: self.proc.terminate(); self.proc.wait()
+        if self.path is not None: Path(self.path).unlink(missing_ok=True)
+        self.proc = self.path = None
+
 
 # %% ../nbs/31_bench.ipynb #adbac8ad
 def state_bytes(model:torch.nn.Module, opt:torch.optim.Optimizer)->dict:
@@ -144,7 +183,8 @@ def _free(device):
 def measure(name:str,          # 'pithtrain', 'pithtrain+compile', 'pithtrain+compile+graph' or 'hf'
             build,             # () -> (model, optimizer, step)
             c, B:int, S:int, steps:int, warmup:int, device:torch.device,
-            profile:bool=False # also break the step down by component (pithtrain models)
+            profile:bool=False, # also break the step down by component (pithtrain models)
+            gpu:GpuSampler|None=None # the SM clock and power over the timed steps go into `gpu`
            )->dict:
     "Time `build()`'s step; tokens/s (median step), MFU, peak / static / activation memory (GB), optional profile."
     t0 = time.perf_counter()
@@ -159,7 +199,8 @@ def measure(name:str,          # 'pithtrain', 'pithtrain+compile', 'pithtrain+co
                tokens_per_s=tps, tokens_per_s_mean=B * S / (t['mean_ms'] / 1e3), mfu=tps * flops_per_token(c, S) / PEAK_FLOPS,
                static_gb={k: v / 1e9 for k, v in st.items()},
                peak_mem_gb=None if t['peak_bytes'] is None else t['peak_bytes'] / 1e9,
-               activation_mem_gb=None if t['peak_bytes'] is None else (t['peak_bytes'] - static) / 1e9)
+               activation_mem_gb=None if t['peak_bytes'] is None else (t['peak_bytes'] - static) / 1e9,
+               gpu=None if gpu is None else gpu.window(t['t_start'], t['t_end']))
     if profile: out['profile'] = profile_components(model, opt, B, S, device, t['median_ms'])
     out['wall_s'] = time.perf_counter() - t0
     del model, opt, step; _free(device)
@@ -374,7 +415,7 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
     def run(preset, name, build, profile=False):
         c = Qwen3MoEConfig.preset(preset); B, S = BATCH[preset]
         print(f"[{time.perf_counter() - t0:6.1f}s] {preset} {name} B{B}xS{S} ...", flush=True)
-        try: m = measure(name, lambda: build(c, B, S), c, B, S, a.steps, a.warmup, device, profile)
+        try: m = measure(name, lambda: build(c, B, S), c, B, S, a.steps, a.warmup, device, profile, gpu)
         except Exception as e:   # one failure (e.g. out of memory) must not lose the other numbers
             m = None; detail['skipped'].append(dict(preset=preset, name=name, error=repr(e)[:500]))
             print(f"  failed: {e!r}"[:500], flush=True)
@@ -382,10 +423,12 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
         if m is not None:
             detail['measurements'].setdefault(preset, []).append(m)
             mem = f", peak {m['peak_mem_gb']:.1f} GB, activations {m['activation_mem_gb']:.1f} GB" if m['peak_mem_gb'] is not None else ''
-            print(f"  {m['tokens_per_s']:,.0f} tok/s, median {m['median_ms']:.1f} ms, MFU {m['mfu']:.1%}{mem}", flush=True)
+            g = m['gpu'] and f", {m['gpu']['sm_mhz']} MHz (min {m['gpu']['sm_mhz_min']:.0f}), {m['gpu']['power_w']:.0f} W"
+            print(f"  {m['tokens_per_s']:,.0f} tok/s, median {m['median_ms']:.1f} ms, MFU {m['mfu']:.1%}{mem}{g or ''}", flush=True)
             if 'profile' in m: print('  profile ms: ' + ', '.join(f"{k}={v:.1f}" for k, v in m['profile']['ms'].items()), flush=True)
         save()
 
+    gpu = GpuSampler(device)
     for p in a.presets:
         run(p, 'pithtrain', lambda c, B, S: pithtrain_step(c, B, S, device), a.profile)
         if not a.no_hf: run(p, 'hf', lambda c, B, S: hf_step(c, B, S, device))
@@ -416,6 +459,7 @@ def bench_main(argv:list|None=None, # command-line arguments (None: sys.argv[1:]
                       lambda c, B, S: pithtrain_step(c, B, S, device, compile=a.compile, graph=True)); continue
             lv = lever(n)
             with patched(lv['patch']): later(p, f'lever:{n}', lambda c, B, S: pithtrain_step(c, B, S, device, sync=lv['sync'], setup=lv['setup']))
+    gpu.close()
     for r in res['rows']:
         print(f"{r['preset']:18s} pithtrain {r['pithtrain_tokens_per_s'] or 0:>10,.0f} tok/s | HF {r['hf_tokens_per_s'] or 0:>10,.0f} tok/s"
               f" | ratio {r['ratio'] or 0:.2f}x | MFU {r['pithtrain_mfu'] or 0:.1%}", flush=True)
