@@ -70,7 +70,7 @@ def time_fn(fn, device:torch.device, reps:int=10, warmup:int=3)->float:
     return time_steps(fn, reps, warmup, device)['median_ms']
 
 # %% ../nbs/31_bench.ipynb #c0ffee22a5b3
-def smi_window(lines:list, # `nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw --format=csv,noheader,nounits` lines
+def smi_window(lines:list, # `nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw[.instant] --format=csv,noheader,nounits` lines
                t0:float, t1:float # wall-clock window (time.time())
               )->dict|None:
     "Mean SM clock (MHz) and power (W) of the samples between t0 and t1, and their count (None when there are none)."
@@ -93,8 +93,11 @@ class GpuSampler:
         if device.type != 'cuda' or exe is None: return
         uuid = getattr(torch.cuda.get_device_properties(device), 'uuid', None)   # this process's GPU, whatever CUDA_VISIBLE_DEVICES says
         sel = ['-i', f'GPU-{uuid}'] if uuid is not None else []
+        # power.draw is averaged over about a second, longer than a `small` measurement; the instant reading where the driver has it
+        ok = subprocess.run([exe, *sel, '--query-gpu=power.draw.instant', '--format=csv,noheader'], capture_output=True, timeout=30)
+        power = 'power.draw.instant' if ok.returncode == 0 else 'power.draw'
         fd, self.path = tempfile.mkstemp(suffix='.csv')
-        self.proc = subprocess.Popen([exe, *sel, '--query-gpu=timestamp,clocks.sm,power.draw', '--format=csv,noheader,nounits',
+        self.proc = subprocess.Popen([exe, *sel, f'--query-gpu=timestamp,clocks.sm,{power}', '--format=csv,noheader,nounits',
                                       '-lms', str(ms)], stdout=fd, stderr=subprocess.DEVNULL)
         os.close(fd)
         atexit.register(self.close)   # never leave the sampler running, whatever stops the benchmark
