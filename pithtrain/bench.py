@@ -91,16 +91,19 @@ class GpuSampler:
         self.proc = self.path = None
         exe = shutil.which('nvidia-smi')
         if device.type != 'cuda' or exe is None: return
+        try: self._start(exe, device, ms)
+        except (OSError, subprocess.SubprocessError): self.close()   # no sampling rather than no benchmark
+        atexit.register(self.close)   # never leave the sampler running, whatever stops the benchmark
+    def _start(self, exe, device, ms):
         uuid = getattr(torch.cuda.get_device_properties(device), 'uuid', None)   # this process's GPU, whatever CUDA_VISIBLE_DEVICES says
         sel = ['-i', f'GPU-{uuid}'] if uuid is not None else []
         # power.draw is averaged over about a second, longer than a `small` measurement; the instant reading where the driver has it
         ok = subprocess.run([exe, *sel, '--query-gpu=power.draw.instant', '--format=csv,noheader'], capture_output=True, timeout=30)
         power = 'power.draw.instant' if ok.returncode == 0 else 'power.draw'
         fd, self.path = tempfile.mkstemp(suffix='.csv')
-        self.proc = subprocess.Popen([exe, *sel, f'--query-gpu=timestamp,clocks.sm,{power}', '--format=csv,noheader,nounits',
-                                      '-lms', str(ms)], stdout=fd, stderr=subprocess.DEVNULL)
-        os.close(fd)
-        atexit.register(self.close)   # never leave the sampler running, whatever stops the benchmark
+        try: self.proc = subprocess.Popen([exe, *sel, f'--query-gpu=timestamp,clocks.sm,{power}', '--format=csv,noheader,nounits',
+                                           '-lms', str(ms)], stdout=fd, stderr=subprocess.DEVNULL)
+        finally: os.close(fd)
     def window(self, t0:float, t1:float)->dict|None:
         "The clock and power while [t0, t1] (wall time) ran; None when nothing was sampled."
         return None if self.path is None else smi_window(Path(self.path).read_text().splitlines(), t0, t1)
