@@ -9,10 +9,11 @@ product, cuDNN attention forward + backward (8 × 2048, 16 / 4 heads of 64), a c
 
     PYTHONPATH=$PWD python3 benchmarks/energy.py   # GPU: $OUT/energy.json
 """
-import os, sys, time, json, argparse, datetime, subprocess, statistics, tempfile
+import os, sys, time, json, argparse, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch, torch.nn.functional as F
 from pithtrain import experts as X
+from pithtrain.bench import GpuSampler
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--secs', type=float, default=4.0)
@@ -20,19 +21,7 @@ ap.add_argument('--calls', type=int, default=10)
 ap.add_argument('--cool', type=float, default=4.0)
 a = ap.parse_args()
 dev, bf = torch.device('cuda'), torch.bfloat16
-log = tempfile.NamedTemporaryFile('w+', suffix='.csv', delete=False).name
-smi = subprocess.Popen(['nvidia-smi', '--query-gpu=timestamp,clocks.sm,power.draw', '--format=csv,noheader,nounits', '-lms', '100'],
-                       stdout=open(log, 'w'), stderr=subprocess.DEVNULL)
-
-def samples(lo, hi):
-    out = []
-    for line in open(log):
-        try:
-            ts, sm, pw = [x.strip() for x in line.split(',')]
-            t = datetime.datetime.strptime(ts, '%Y/%m/%d %H:%M:%S.%f').timestamp()
-            if lo <= t <= hi: out.append((float(sm), float(pw)))
-        except ValueError: pass
-    return out
+gpu = GpuSampler(dev)
 
 rows = []
 def run(name, fn, work, unit):
@@ -51,16 +40,17 @@ def _run(name, fn, work, unit):
     while time.time() - t0 < a.secs:
         e = torch.cuda.Event(enable_timing=True); e.record(); marks.append((time.time(), e))
         g.replay()
+        e.synchronize()   # the previous replay done: the host is at most one replay ahead, so its clock places the samples
     e = torch.cuda.Event(enable_timing=True); e.record(); torch.cuda.synchronize(); t1 = time.time()
     marks.append((t1, e))
     cut = t0 + (t1 - t0) / 3   # the last two thirds: the clock has settled
     i = next(j for j, (t, _) in enumerate(marks) if t >= cut)
     ms = marks[i][1].elapsed_time(marks[-1][1]); n = (len(marks) - 1 - i) * a.calls
+    if n == 0: raise ValueError(f'no replay in the last two thirds of {a.secs} s: give --secs more')
     rate = n * work / (ms / 1e3)
-    s = samples(marks[i][0], t1)
-    mhz, w = statistics.fmean(x[0] for x in s), statistics.fmean(x[1] for x in s)
-    r = dict(name=name, unit=unit, us_per_call=round(ms * 1e3 / n, 1), rate=rate, sm_mhz=round(mhz), power_w=round(w, 1),
-             pj_per_unit=round(w / rate * 1e12, 4), samples=len(s))
+    g = gpu.window(marks[i][0], t1)
+    r = dict(name=name, unit=unit, us_per_call=round(ms * 1e3 / n, 1), rate=rate, sm_mhz=g['sm_mhz'], power_w=g['power_w'],
+             pj_per_unit=round(g['power_w'] / rate * 1e12, 4), samples=g['samples'])
     rows.append(r)
     print(f"{name:44s} {r['us_per_call']:9.1f} µs  {rate / 1e12:7.1f} T{unit}/s  {r['sm_mhz']:5d} MHz  {r['power_w']:6.1f} W  "
           f"{r['pj_per_unit']:.4f} pJ/{unit}", flush=True)
@@ -100,8 +90,8 @@ st = [torch.randn(n, device=dev), torch.randn(n, device=dev) * 1e-3, torch.zeros
       torch.empty(n, device=dev, dtype=bf)]
 run('AdamW (optim._adamw_kernel), fp32 state', lambda: O._adamw_kernel[((n + 1023) // 1024,)](*st, st[0], n, 0.99, 1e-3, 0.9, 0.95,
     1e-8, 0.5, 0, HAS_GS=False, COPY=True, SR=False, BLOCK=1024), 30 * n, 'B')
-smi.terminate()
+gpu.close()
 res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(), command='python3 benchmarks/energy.py ' + ' '.join(sys.argv[1:]),
-           note='pJ per unit = mean power / work rate over the last two thirds of each run (nvidia-smi, 100 ms samples)', rows=rows)
+           note='pJ per unit = mean power / work rate over the last two thirds of each run (bench.GpuSampler: nvidia-smi every 100 ms)', rows=rows)
 out = os.environ.get('OUT')
 if out: json.dump(res, open(os.path.join(out, 'energy.json'), 'w'), indent=1)

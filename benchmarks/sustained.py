@@ -6,10 +6,10 @@ steps after `--settle`, with the SM clock and the power drawn in each window.
 
     PYTHONPATH=$PWD python3 benchmarks/sustained.py --preset small   # GPU: $OUT/sustained-PRESET.json
 """
-import os, sys, time, json, argparse, datetime, subprocess, statistics, tempfile
+import os, sys, time, json, argparse, datetime, statistics
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch
-from pithtrain.bench import BATCH, pithtrain_step, hf_step, _free
+from pithtrain.bench import BATCH, pithtrain_step, hf_step, _free, GpuSampler
 from pithtrain.qwen3_moe import Qwen3MoEConfig
 
 ap = argparse.ArgumentParser()
@@ -20,18 +20,7 @@ ap.add_argument('--cool', type=float, default=15.0, help='idle seconds before ea
 a = ap.parse_args()
 dev = torch.device('cuda')
 c = Qwen3MoEConfig.preset(a.preset); B, S = BATCH[a.preset]
-log = tempfile.NamedTemporaryFile('w+', suffix='.csv', delete=False).name
-smi = subprocess.Popen(['nvidia-smi', '--query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu', '--format=csv,noheader,nounits',
-                        '-lms', '100'], stdout=open(log, 'w'), stderr=subprocess.DEVNULL)
-
-def samples():
-    out = []
-    for line in open(log):
-        try:
-            ts, sm, pw, temp = [x.strip() for x in line.split(',')]
-            out.append((datetime.datetime.strptime(ts, '%Y/%m/%d %H:%M:%S.%f').timestamp(), float(sm), float(pw), float(temp)))
-        except ValueError: pass
-    return out
+gpu = GpuSampler(dev)
 
 def run(name, build, n, warmup):
     time.sleep(a.cool)
@@ -48,15 +37,10 @@ def run(name, build, n, warmup):
     ms = [x.elapsed_time(y) for x, y in zip(ev, ev[1:])]
     ends = [t0 + sum(ms[:i + 1]) / 1e3 for i in range(n)]   # wall time at each step's end, from the GPU's own times
     first, late = ms[:10], [m for m, e in zip(ms, ends) if e - t0 > a.settle]
-    sm = samples()
-    def window(lo, hi):
-        xs = [s for s in sm if lo <= s[0] <= hi]
-        return dict(sm_mhz=round(statistics.fmean(s[1] for s in xs), 0), power_w=round(statistics.fmean(s[2] for s in xs), 1),
-                    temp_c=max(s[3] for s in xs), samples=len(xs)) if xs else None
     r = dict(name=name, steps=n, first10_median_ms=round(statistics.median(first), 3),
              sustained_median_ms=round(statistics.median(late), 3) if late else None, sustained_steps=len(late),
              first10_tokens_per_s=round(B * S / statistics.median(first) * 1e3), sustained_tokens_per_s=round(B * S / statistics.median(late) * 1e3) if late else None,
-             gpu_first10=window(t0, ends[9]), gpu_sustained=window(t0 + a.settle, t1), step_ms=[round(m, 3) for m in ms])
+             gpu_first10=gpu.window(t0, ends[9]), gpu_sustained=gpu.window(t0 + a.settle, t1), step_ms=[round(m, 3) for m in ms])
     print(f"{name:12s} first 10: {r['first10_median_ms']:8.2f} ms {r['gpu_first10']}   after {a.settle:.0f} s: {r['sustained_median_ms']} ms "
           f"{r['gpu_sustained']}", flush=True)
     del model, opt, step; _free(dev)
@@ -64,7 +48,7 @@ def run(name, build, n, warmup):
 
 rows = [run('pithtrain', lambda: pithtrain_step(c, B, S, dev, compile=True, graph=True, overlap=True), a.steps[0], 3),
         run('hf', lambda: hf_step(c, B, S, dev), a.steps[1], 4)]
-smi.terminate()
+gpu.close()
 ratio = lambda k: rows[1][k] / rows[0][k] if rows[0][k] and rows[1][k] else None
 res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(), preset=a.preset,
            command='python3 benchmarks/sustained.py ' + ' '.join(sys.argv[1:]), ratio_first10=ratio('first10_median_ms'),
