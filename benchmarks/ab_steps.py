@@ -5,7 +5,9 @@
 import os, sys, json, argparse, datetime
 sys.path.insert(0, os.getcwd())   # the code version of the directory it is run from
 import torch
-from pithtrain.bench import pithtrain_step, measure, BATCH, GpuSampler
+from pithtrain.bench import pithtrain_step, measure, BATCH
+try: from pithtrain.bench import GpuSampler
+except ImportError: GpuSampler = None   # an older tree, for an A/B against a commit before it
 from pithtrain.qwen3_moe import Qwen3MoEConfig
 import pithtrain.optim as O
 
@@ -97,7 +99,8 @@ def _early(self, opt):   # 'overlap-early': each block's wait for its update for
         return pre
     for i, mod in enumerate(targets): mod.register_forward_pre_hook(hook(i))
     return events
-rows, gpu = [], GpuSampler(dev)   # each row keeps the SM clock and power of its timed steps: the step runs at the 700 W cap
+rows = []   # each row keeps the SM clock and power of its timed steps (the step runs at the 700 W cap), where the tree can
+gkw = dict(gpu=GpuSampler(dev)) if GpuSampler else {}
 for p in a.presets:
     c = Qwen3MoEConfig.preset(p); B, S = BATCH[p]
     for v in a.variants:
@@ -107,10 +110,10 @@ for p in a.presets:
         T.GraphedStep.__call__ = _main_hi if v.startswith('overlap-main') else _call
         kw = dict(state_dtype=torch.bfloat16) if v.endswith('bf16') else dict(fused=True) if v.endswith('fused') else {}   # (older code versions take neither)
         r = measure(f'pithtrain+compile+graph+{v}', lambda: pithtrain_step(c, B, S, dev, compile=True, graph=True, overlap=v.startswith('overlap'), **kw),
-                    c, B, S, a.steps, a.warmup, dev, gpu=gpu)
+                    c, B, S, a.steps, a.warmup, dev, **gkw)
         r.update(preset=p, variant=v, tag=a.tag); rows.append(r)
         print(f"{a.tag:6s} {p:18s} {v:11s} median {r['median_ms']:7.2f} ms  mean {r['mean_ms']:7.2f}  {r['tokens_per_s']:9.0f} tok/s  "
-              f"act {r['activation_mem_gb']:.2f} GB  peak {r['peak_mem_gb']:.2f} GB  {r['gpu']}", flush=True)
+              f"act {r['activation_mem_gb']:.2f} GB  peak {r['peak_mem_gb']:.2f} GB  {r.get('gpu')}", flush=True)
 out = os.environ.get('OUT')
 res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(), command='python3 benchmarks/ab_steps.py ' + ' '.join(sys.argv[1:]),
            cwd=os.getcwd(), rows=rows)
