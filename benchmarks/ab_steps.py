@@ -99,8 +99,8 @@ def _early(self, opt):   # 'overlap-early': each block's wait for its update for
         return pre
     for i, mod in enumerate(targets): mod.register_forward_pre_hook(hook(i))
     return events
-rows = []   # each row keeps the SM clock and power of its timed steps (the step runs at the 700 W cap), where the tree can
-gkw = dict(gpu=GpuSampler(dev)) if GpuSampler else {}
+rows = []
+gkw = dict(gpu=GpuSampler(dev)) if GpuSampler else {}   # each row keeps its SM clock and power: the step runs at the 700 W cap
 for p in a.presets:
     c = Qwen3MoEConfig.preset(p); B, S = BATCH[p]
     for v in a.variants:
