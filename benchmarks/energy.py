@@ -84,12 +84,10 @@ del q, kk, v, go
 src = torch.randn(400_000_000, device=dev); dst = torch.empty_like(src)
 run('copy by a kernel (fp32, x · 1)', lambda: torch.mul(src, 1.0, out=dst), 8 * src.numel(), 'B')   # copy_ would be a DMA node
 del src, dst
-from pithtrain import optim as O
-n = E * K * NO   # one `small` layer's w1 + w2 in fp32: 30 bytes a parameter (4 read, 3 written fp32 + a bf16 copy)
-st = [torch.randn(n, device=dev), torch.randn(n, device=dev) * 1e-3, torch.zeros(n, device=dev), torch.rand(n, device=dev) * 1e-6,
-      torch.empty(n, device=dev, dtype=bf)]
-run('AdamW (optim._adamw_kernel), fp32 state', lambda: O._adamw_kernel[((n + 1023) // 1024,)](*st, st[0], n, 0.99, 1e-3, 0.9, 0.95,
-    1e-8, 0.5, 0, HAS_GS=False, COPY=True, SR=False, BLOCK=1024), 30 * n, 'B')
+from adamw_sm_share import state, lib_update   # the library's kernel at the probes' numbers (benchmarks/ is on sys.path)
+n = E * K * NO   # one `small` layer's w1 in fp32: 30 bytes a parameter (4 read, 3 written fp32 + a bf16 copy)
+st = state(n, dev)
+run('AdamW (optim._adamw_kernel), fp32 state', lambda: lib_update(st), 30 * n, 'B')
 gpu.close()
 res = dict(date=datetime.date.today().isoformat(), device=torch.cuda.get_device_name(), command='python3 benchmarks/energy.py ' + ' '.join(sys.argv[1:]),
            note='pJ per unit = mean power / work rate over the last two thirds of each run (bench.GpuSampler: nvidia-smi every 100 ms)', rows=rows)

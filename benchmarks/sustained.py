@@ -6,7 +6,7 @@ steps after `--settle`, with the SM clock and the power drawn in each window.
 
     PYTHONPATH=$PWD python3 benchmarks/sustained.py --preset small   # GPU: $OUT/sustained-PRESET.json
 """
-import os, sys, time, json, argparse, datetime, statistics
+import os, sys, time, json, argparse, datetime, itertools, statistics
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch
 from pithtrain.bench import BATCH, pithtrain_step, hf_step, _free, GpuSampler
@@ -35,7 +35,7 @@ def run(name, build, n, warmup):
         ev[i + 1].record()
     torch.cuda.synchronize(); t1 = time.time()
     ms = [x.elapsed_time(y) for x, y in zip(ev, ev[1:])]
-    ends = [t0 + sum(ms[:i + 1]) / 1e3 for i in range(n)]   # wall time at each step's end, from the GPU's own times
+    ends = [t0 + e / 1e3 for e in itertools.accumulate(ms)]   # wall time at each step's end, from the GPU's own times
     first, late = ms[:10], [m for m, e in zip(ms, ends) if e - t0 > a.settle]
     r = dict(name=name, steps=n, first10_median_ms=round(statistics.median(first), 3),
              sustained_median_ms=round(statistics.median(late), 3) if late else None, sustained_steps=len(late),
